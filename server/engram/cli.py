@@ -1,0 +1,197 @@
+"""The ``engram`` command.
+
+``engram serve`` runs the gRPC server; ``engram db ...`` manages the schema;
+``engram config`` shows what the environment resolves to; ``engram secrets
+rotate`` re-encrypts stored secrets under the current key.
+
+Exit status: 0 on success, 1 when a check finds a problem, 2 when the
+configuration or the database does not allow the command to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_CANNOT_RUN = 2
+
+logger = logging.getLogger("engram")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engram", description="A gRPC server for stateful LLM agents with long-term memory."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--host", help="address to bind (default ENGRAM_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default ENGRAM_PORT or 50051)")
+
+    db = commands.add_parser("db", help="manage the database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser("upgrade", help="migrate the schema up (default: to head)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    downgrade = db_commands.add_parser("downgrade", help="migrate the schema down to REVISION")
+    downgrade.add_argument("revision", help='a revision id, "-1", or "base"')
+    db_commands.add_parser("current", help="print the schema revision of the database")
+    db_commands.add_parser("check", help="exit non-zero when the models and the migrations differ")
+
+    commands.add_parser("config", help="print the resolved settings as JSON (secrets redacted)")
+
+    secrets = commands.add_parser("secrets", help="manage encrypted secrets")
+    secrets_commands = secrets.add_subparsers(
+        dest="secrets_command", required=True, metavar="ACTION"
+    )
+    secrets_commands.add_parser(
+        "rotate", help="re-encrypt every stored secret under the current ENGRAM_ENCRYPTION_KEY"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from engram.config.settings import get_settings
+    except ImportError as error:  # pragma: no cover - depends on the install
+        print(
+            f"engram: the server is not installed ({error}); install engram[server]",
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_RUN
+    settings = get_settings()
+    logging.basicConfig(
+        level=logging.DEBUG if settings.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handlers: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+        "serve": _serve,
+        "db": _db,
+        "config": _config,
+        "secrets": _secrets,
+    }
+    from engram.config.database_choice import ConfigurationError
+    from engram.store.diagnostics import StartupError
+
+    try:
+        return asyncio.run(handlers[args.command](args))
+    except (ConfigurationError, StartupError) as error:
+        print(f"engram: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from engram.config.settings import get_settings
+    from engram.rpc.server import serve
+    from engram.services.startup import open_storage
+
+    settings = get_settings()
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+
+    async def prepare() -> Callable[[], Awaitable[None]]:
+        storage = await open_storage(settings)
+        return storage.close
+
+    await serve(settings, prepare)
+    return EXIT_OK
+
+
+async def _db(args: argparse.Namespace) -> int:
+    from engram.config.settings import get_settings
+    from engram.services.startup import open_storage
+    from engram.store import migrations
+
+    storage = await open_storage(get_settings(), require_schema=False)
+    engine = storage.database.engine
+    try:
+        if args.db_command == "upgrade":
+            await migrations.upgrade(engine, args.revision, keyring=storage.keyring)
+            print(f"upgraded to {(await migrations.schema_state(engine)).current}")
+            return EXIT_OK
+        if args.db_command == "downgrade":
+            await migrations.downgrade(engine, args.revision)
+            print(f"downgraded to {(await migrations.schema_state(engine)).current or 'base'}")
+            return EXIT_OK
+        state = await migrations.schema_state(engine)
+        if args.db_command == "current":
+            suffix = " (head)" if state.at_head else f" (head is {state.head})"
+            print(f"{state.current or 'empty'}{suffix}")
+            return EXIT_OK
+        return await _check(engine, state)
+    finally:
+        await storage.close()
+
+
+async def _check(engine: Any, state: Any) -> int:
+    from engram.store import migrations
+
+    if not state.at_head:
+        print(
+            f"the database is at {state.current or 'no revision'}, not at head {state.head}; "
+            "run `engram db upgrade` before checking for drift",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
+    drift = await migrations.model_drift(engine)
+    if drift:
+        print("the models and the migrations differ; add a migration for:", file=sys.stderr)
+        for difference in drift:
+            print(f"  {difference}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    print(f"the models match the migrations (head {state.head})")
+    return EXIT_OK
+
+
+async def _config(args: argparse.Namespace) -> int:
+    from engram.config.database_choice import ConfigurationError, choose_database
+    from engram.config.settings import get_settings
+
+    settings = get_settings()
+    document: dict[str, Any] = {"settings": json.loads(settings.model_dump_json())}
+    status = EXIT_OK
+    try:
+        choice = choose_database(settings)
+        document["database"] = {
+            "engine": choice.engine.value,
+            "url": choice.redacted_url,
+            "reason": choice.reason,
+        }
+    except ConfigurationError as error:
+        document["database"] = {"error": str(error)}
+        status = EXIT_CANNOT_RUN
+    print(json.dumps(document, indent=2, sort_keys=True, default=str))
+    return status
+
+
+async def _secrets(args: argparse.Namespace) -> int:
+    from engram.config.settings import get_settings
+    from engram.services.startup import open_storage
+    from engram.store.secret_columns import rotate_secrets
+
+    storage = await open_storage(get_settings())
+    try:
+        report = await rotate_secrets(storage.database, storage.keyring)
+    finally:
+        await storage.close()
+    for line in report.lines():
+        print(line)
+    return EXIT_OK if not report.failed else EXIT_CHECK_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

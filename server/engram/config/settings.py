@@ -1,0 +1,169 @@
+"""Settings read from the environment.
+
+Every variable is read as ``ENGRAM_<NAME>``; the database, encryption and
+monitoring variables of the seed configuration are also accepted under their
+``LETTA_<NAME>`` spelling so that existing deployment files carry over.  When
+both spellings are set, the ``ENGRAM_`` one wins.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_HOME = Path("~/.engram")
+DEFAULT_SQLITE_FILENAME = "engram.db"
+ENCRYPTION_KEY_FILENAME = "encryption.key"
+
+
+def env(name: str, *, legacy: bool = True, extra: tuple[str, ...] = ()) -> AliasChoices:
+    """The environment names a setting answers to, in order of precedence."""
+    names = [f"ENGRAM_{name}"]
+    if legacy:
+        names.append(f"LETTA_{name}")
+    names.extend(extra)
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """The resolved configuration of one Engram process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    # --- PostgreSQL connection -------------------------------------------------
+    pg_uri: SecretStr | None = Field(
+        None, validation_alias=env("PG_URI"), description="Complete PostgreSQL connection URI."
+    )
+    pg_db: str | None = Field(None, validation_alias=env("PG_DB"), description="Database name.")
+    pg_user: str | None = Field(None, validation_alias=env("PG_USER"), description="User name.")
+    pg_password: SecretStr | None = Field(
+        None, validation_alias=env("PG_PASSWORD"), description="Password (may be empty)."
+    )
+    pg_host: str | None = Field(None, validation_alias=env("PG_HOST"), description="Host.")
+    pg_port: int | None = Field(
+        None, validation_alias=env("PG_PORT"), description="Port (5432 when unset)."
+    )
+
+    # --- Connection pool (PostgreSQL) -------------------------------------------
+    pg_pool_size: int = Field(25, ge=1, validation_alias=env("PG_POOL_SIZE"))
+    pg_max_overflow: int = Field(10, ge=0, validation_alias=env("PG_MAX_OVERFLOW"))
+    pg_pool_timeout: float = Field(30.0, gt=0, validation_alias=env("PG_POOL_TIMEOUT"))
+    pg_pool_recycle: int = Field(1800, validation_alias=env("PG_POOL_RECYCLE"))
+    pg_echo: bool = Field(False, validation_alias=env("PG_ECHO"))
+    pool_pre_ping: bool = Field(True, validation_alias=env("POOL_PRE_PING"))
+    pool_use_lifo: bool = Field(True, validation_alias=env("POOL_USE_LIFO"))
+    # The reference defaults this to true; we pool by default (see README).
+    disable_sqlalchemy_pooling: bool = Field(
+        False, validation_alias=env("DISABLE_SQLALCHEMY_POOLING")
+    )
+    pg_statement_timeout_ms: int = Field(
+        0,
+        ge=0,
+        validation_alias=env("PG_STATEMENT_TIMEOUT_MS", legacy=False),
+        description="Server-side statement timeout in milliseconds; 0 leaves it off.",
+    )
+
+    # --- SQLite (the embedded default) ------------------------------------------
+    sqlite_path: Path = Field(
+        DEFAULT_HOME / DEFAULT_SQLITE_FILENAME,
+        validation_alias=env("SQLITE_PATH", legacy=False),
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        30_000, ge=0, validation_alias=env("SQLITE_BUSY_TIMEOUT_MS", legacy=False)
+    )
+
+    # --- Migrations ---------------------------------------------------------------
+    auto_migrate: bool | None = Field(
+        None,
+        validation_alias=env("AUTO_MIGRATE", legacy=False),
+        description="Upgrade the schema at startup. Unset: only on the embedded SQLite default.",
+    )
+
+    # --- Secrets encryption ---------------------------------------------------------
+    encryption_key: SecretStr | None = Field(None, validation_alias=env("ENCRYPTION_KEY"))
+    encryption_keys_previous: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=env("ENCRYPTION_KEYS_PREVIOUS", legacy=False),
+        description="Comma-separated keys still accepted for reading during a rotation.",
+    )
+    encryption_key_file: Path | None = Field(
+        None,
+        validation_alias=env("ENCRYPTION_KEY_FILE", legacy=False),
+        description="Where the embedded default keeps its generated key.",
+    )
+
+    # --- Telemetry -------------------------------------------------------------------
+    enable_db_pool_monitoring: bool = Field(True, validation_alias=env("ENABLE_DB_POOL_MONITORING"))
+    db_pool_monitoring_interval: float = Field(
+        30.0, gt=0, validation_alias=env("DB_POOL_MONITORING_INTERVAL")
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=env("OTEL_EXPORTER_OTLP_ENDPOINT", extra=("OTEL_EXPORTER_OTLP_ENDPOINT",)),
+    )
+    debug: bool = Field(False, validation_alias=env("DEBUG"))
+
+    # --- gRPC server -------------------------------------------------------------------
+    host: str = Field("127.0.0.1", validation_alias=env("HOST", legacy=False))
+    port: int = Field(50051, ge=0, le=65535, validation_alias=env("PORT", legacy=False))
+    drain_delay_seconds: float = Field(
+        1.0,
+        ge=0,
+        validation_alias=env("DRAIN_DELAY_SECONDS", legacy=False),
+        description="How long health reports NOT_SERVING before the listener closes.",
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        validation_alias=env("SHUTDOWN_GRACE_SECONDS", legacy=False),
+        description="How long in-flight calls may run after the listener closes.",
+    )
+
+    @field_validator("pg_uri", "pg_db", "pg_user", "pg_host", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: Any) -> Any:
+        """An empty variable (``LETTA_PG_URI=""``) means "not configured"."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("pg_port", mode="before")
+    @classmethod
+    def _empty_port_means_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("encryption_keys_previous", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("sqlite_path", "encryption_key_file", mode="after")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def resolved_encryption_key_file(self) -> Path:
+        """The generated-key file: configured, or beside the SQLite database."""
+        if self.encryption_key_file is not None:
+            return self.encryption_key_file
+        return self.sqlite_path.parent / ENCRYPTION_KEY_FILENAME
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

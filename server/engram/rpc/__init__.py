@@ -1,0 +1,1 @@
+"""The gRPC process: server assembly, health, reflection and graceful drain."""

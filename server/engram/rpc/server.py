@@ -1,0 +1,133 @@
+"""Assembling and running the ``grpc.aio`` server.
+
+The order of a start and a stop is what a load balancer or a service mesh
+needs to see:
+
+* the listener opens first with health NOT_SERVING, so probes get an answer
+  while the database is checked (and, on the embedded default, migrated);
+* health turns SERVING only once storage is ready;
+* on SIGTERM or SIGINT health turns NOT_SERVING for good, the server keeps
+  answering for ``drain_delay_seconds`` so that endpoints can be withdrawn,
+  then stops accepting calls and gives in-flight ones
+  ``shutdown_grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engram.config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+# Keepalive suited to long server streams behind proxies: the server pings an
+# idle peer every minute and permits client pings down to every 30 seconds.
+SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.max_connection_age_ms", 30 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 10 * 60_000),
+    # Off so that a port clash fails loudly instead of two servers sharing it.
+    ("grpc.so_reuseport", 0),
+)
+
+OVERALL_HEALTH = ""
+
+
+@dataclass
+class RunningServer:
+    """A started server and the handles needed to stop it in order."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    service_names: list[str] = field(default_factory=list)
+
+    async def set_serving(self) -> None:
+        for name in (OVERALL_HEALTH, *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def drain(self, drain_delay: float, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        if drain_delay > 0:
+            await asyncio.sleep(drain_delay)
+        await self.server.stop(grace)
+
+
+async def start_server(settings: Settings, *, service_names: Sequence[str] = ()) -> RunningServer:
+    """Open the listener with health NOT_SERVING and reflection enabled."""
+    server = grpc.aio.server(options=list(SERVER_OPTIONS))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    for name in (OVERALL_HEALTH, *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_insecure_port(address)
+    await server.start()
+    logger.info(
+        "listening on %s:%d (health NOT_SERVING until storage is ready)", settings.host, port
+    )
+    return RunningServer(server=server, health=health_servicer, port=port, service_names=names)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+
+async def serve(
+    settings: Settings,
+    prepare: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
+    *,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until a stop signal: listen, ``prepare()`` storage, serve, then drain.
+
+    ``prepare`` returns the coroutine function that releases what it opened;
+    it runs after the server has stopped.
+    """
+    stop = stop or asyncio.Event()
+    install_stop_signals(stop)
+    running = await start_server(settings)
+    try:
+        release = await prepare()
+    except BaseException:
+        await running.server.stop(0)
+        raise
+    try:
+        await running.set_serving()
+        logger.info("serving on port %d", running.port)
+        await stop.wait()
+        logger.info(
+            "stopping: draining for %.1fs, then %.1fs of grace for calls in flight",
+            settings.drain_delay_seconds,
+            settings.shutdown_grace_seconds,
+        )
+        await running.drain(settings.drain_delay_seconds, settings.shutdown_grace_seconds)
+    finally:
+        await release()
+    logger.info("stopped")

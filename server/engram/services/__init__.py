@@ -1,0 +1,1 @@
+"""Services: the business rules and transactions behind the gRPC servicers."""

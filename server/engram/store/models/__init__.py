@@ -1,0 +1,33 @@
+"""All ORM models; importing this package registers every table on ``Base.metadata``."""
+
+from engram.store.models.agents import Agent, AgentBlock, AgentTag, AgentTool
+from engram.store.models.archives import Archive, ArchiveAgent, Passage
+from engram.store.models.base import Base, OrganizationScoped
+from engram.store.models.blocks import Block
+from engram.store.models.messages import Message
+from engram.store.models.runs import Run, Step
+from engram.store.models.secrets import AgentEnvironmentVariable, Provider
+from engram.store.models.tenancy import ApiKey, Organization, User
+from engram.store.models.tools import Tool
+
+__all__ = [
+    "Agent",
+    "AgentBlock",
+    "AgentEnvironmentVariable",
+    "AgentTag",
+    "AgentTool",
+    "ApiKey",
+    "Archive",
+    "ArchiveAgent",
+    "Base",
+    "Block",
+    "Message",
+    "Organization",
+    "OrganizationScoped",
+    "Passage",
+    "Provider",
+    "Run",
+    "Step",
+    "Tool",
+    "User",
+]

@@ -1,0 +1,61 @@
+"""Archival memory: archives of passages searched by meaning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from engram.store.ids import IdPrefix
+from engram.store.models.base import Base, OrganizationScoped, PrefixedId, Timestamped
+from engram.store.types import JsonDocument
+from engram.store.vectors import Embedding, EmbeddingVector
+
+
+class Archive(PrefixedId, Timestamped, OrganizationScoped, Base):
+    __tablename__ = "archives"
+    id_prefix = IdPrefix.ARCHIVE
+
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    embedding: Mapped[str | None] = mapped_column(String(300))
+
+
+class ArchiveAgent(OrganizationScoped, Base):
+    """An archive an agent can search; each agent has one default archive."""
+
+    __tablename__ = "archive_agents"
+
+    archive_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True
+    )
+    agent_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    is_default: Mapped[bool] = mapped_column(nullable=False, default=False)
+
+
+class Passage(PrefixedId, Timestamped, OrganizationScoped, Base):
+    """A piece of text and its embedding.
+
+    The dimension and the model are stored with each row so that several
+    embedding models can coexist; vectors are never padded.
+    """
+
+    __tablename__ = "passages"
+    id_prefix = IdPrefix.PASSAGE
+
+    archive_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("archives.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    embedding: Mapped[Embedding | None] = mapped_column(EmbeddingVector())
+    embedding_dim: Mapped[int | None] = mapped_column(Integer)
+    embedding_model: Mapped[str | None] = mapped_column(String(300))
+    tags: Mapped[list[str]] = mapped_column(JsonDocument, nullable=False, default=list)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JsonDocument, nullable=False, default=dict
+    )
+
+    __table_args__ = (Index(None, "organization_id", "created_at"),)

@@ -1,0 +1,88 @@
+"""Organization scoping that no query can forget.
+
+A session is opened for one organization (or, for system work such as key
+rotation, explicitly for all of them).  Two listeners enforce it:
+
+* every ORM ``SELECT``, ``UPDATE`` and ``DELETE`` gets the criterion
+  ``organization_id = <scope>`` on every organization-owned entity it touches,
+  joined and aliased ones included (``with_loader_criteria``);
+* every flushed row of an organization-owned model must belong to the scope
+  (it is filled in when left empty).
+
+A query on organization-owned models from a session with no scope raises
+:class:`OrganizationScopeError` instead of silently reading every tenant.
+Queries must therefore go through ORM entities; Core statements on bare
+``Table`` objects are not filtered and are reserved for system maintenance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
+
+from engram.store.errors import OrganizationScopeError
+from engram.store.models.base import OrganizationScoped
+
+ORGANIZATION_KEY = "engram_organization_id"
+ALL_ORGANIZATIONS_KEY = "engram_all_organizations"
+READ_ONLY_KEY = "engram_read_only"
+
+
+class ScopedSession(Session):
+    """The sync session class behind every ``AsyncSession`` the store opens."""
+
+
+def organization_of(session: Session) -> str | None:
+    value = session.info.get(ORGANIZATION_KEY)
+    return str(value) if value is not None else None
+
+
+def _touches_scoped_models(state: ORMExecuteState) -> bool:
+    return any(issubclass(mapper.class_, OrganizationScoped) for mapper in state.all_mappers)
+
+
+@event.listens_for(ScopedSession, "do_orm_execute")
+def _add_organization_criteria(state: ORMExecuteState) -> None:
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    session = state.session
+    if session.info.get(ALL_ORGANIZATIONS_KEY):
+        return
+    organization_id = organization_of(session)
+    if organization_id is None:
+        if _touches_scoped_models(state):
+            raise OrganizationScopeError(
+                "a query on organization-owned rows ran in a session without an organization"
+            )
+        return
+    state.statement = state.statement.options(
+        with_loader_criteria(
+            OrganizationScoped,
+            lambda cls: cls.organization_id == organization_id,
+            include_aliases=True,
+        )
+    )
+
+
+@event.listens_for(ScopedSession, "before_flush")
+def _check_written_rows(session: Session, flush_context: UOWTransaction, instances: Any) -> None:
+    if session.info.get(READ_ONLY_KEY) and (session.new or session.dirty or session.deleted):
+        raise OrganizationScopeError("a read-only session tried to write")
+    if session.info.get(ALL_ORGANIZATIONS_KEY):
+        return
+    organization_id = organization_of(session)
+    for obj in [*session.new, *session.dirty, *session.deleted]:
+        if not isinstance(obj, OrganizationScoped):
+            continue
+        if organization_id is None:
+            raise OrganizationScopeError(
+                f"a {type(obj).__name__} was written in a session without an organization"
+            )
+        if obj.organization_id is None:
+            obj.organization_id = organization_id
+        elif obj.organization_id != organization_id:
+            raise OrganizationScopeError(
+                f"a {type(obj).__name__} of another organization was written in this session"
+            )

@@ -1,0 +1,2 @@
+"""Generated protobuf and gRPC code for the engram.v1 package. Do not edit by hand;
+run scripts/gen-protos."""

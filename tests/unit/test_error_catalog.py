@@ -1,0 +1,28 @@
+"""Every reason the server code can raise is in the published ErrorReason catalog."""
+
+from __future__ import annotations
+
+import engram.secrets as secrets
+
+from engram.store.errors import ALL_REASONS
+from engram.v1 import error_reason_pb2
+
+
+def catalog() -> set[str]:
+    return set(error_reason_pb2.ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
+
+
+def test_store_reasons_are_in_the_catalog() -> None:
+    assert catalog() >= ALL_REASONS
+
+
+def test_secret_reasons_are_in_the_catalog() -> None:
+    reasons = {
+        cls.reason
+        for cls in vars(secrets).values()
+        if isinstance(cls, type)
+        and issubclass(cls, secrets.SecretsError)
+        and cls is not secrets.SecretsError
+    }
+    assert reasons
+    assert reasons <= catalog()
