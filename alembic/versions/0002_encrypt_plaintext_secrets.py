@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import context, op
-from engram.secrets import KeyRing, load_keyring
 
 from engram.config.settings import get_settings
+from engram.secrets import KeyRing, load_keyring
 from engram.store.secret_columns import rewrite_all_sync
 
 revision: str = "0002_encrypt_plaintext_secrets"

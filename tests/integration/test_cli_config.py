@@ -16,7 +16,11 @@ def engram_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env.update(env)
     return subprocess.run(
         [sys.executable, "-m", "engram.cli", "config"],
-        capture_output=True, text=True, env=full_env, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+        cwd=REPO,
     )
 
 

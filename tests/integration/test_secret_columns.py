@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select, text
+
+from engram.config.database_choice import choose_database
+from engram.config.settings import Settings
 from engram.secrets import (
     EncryptionKeyMissingError,
     KeyRing,
@@ -10,10 +14,6 @@ from engram.secrets import (
     SecretDecryptionError,
     UnknownEncryptionKeyError,
 )
-from sqlalchemy import select, text
-
-from engram.config.database_choice import choose_database
-from engram.config.settings import Settings
 from engram.store.database import Database
 from engram.store.engine import create_engine
 from engram.store.migrations import downgrade, upgrade

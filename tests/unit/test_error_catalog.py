@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import engram.secrets as secrets
-
 from engram.store.errors import ALL_REASONS
 from engram.v1 import error_reason_pb2
 
