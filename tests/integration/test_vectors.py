@@ -67,3 +67,31 @@ async def test_embeddings_round_trip_and_dimensions_coexist(database: Database) 
     assert by_text["small"].embedding == [0.5, -1.0, 2.0]
     assert by_text["large"].embedding == [0.25] * 384
     assert by_text["none"].embedding is None
+
+
+async def test_timestamps_are_aware_utc_on_both_engines(database: Database) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    async with database.transaction(None, all_organizations=True) as session:
+        org = Organization(name="clock")
+        session.add(org)
+    before = datetime.now(UTC)
+    async with database.transaction(org.id) as session:
+        archive = Archive(name="t")
+        session.add(archive)
+    async with database.read(org.id) as session:
+        loaded = (await session.scalars(select(Archive))).one()
+    assert loaded.created_at.tzinfo is not None
+    assert loaded.created_at.utcoffset() == timedelta(0)
+    assert abs((loaded.created_at - before).total_seconds()) < 5
+    # A non-UTC aware value is stored as the same instant.
+    plus_two = datetime(2026, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    async with database.transaction(org.id) as session:
+        row = await session.get(Archive, archive.id)
+        assert row is not None
+        row.created_at = plus_two
+    async with database.read(org.id) as session:
+        row = await session.get(Archive, archive.id)
+        assert row is not None
+        assert row.created_at == plus_two
+        assert row.created_at.hour == 10
