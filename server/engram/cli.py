@@ -93,6 +93,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from engram.config.settings import get_settings
     from engram.rpc.server import serve
     from engram.services.startup import open_storage
+    from engram.services.telemetry import start_telemetry
 
     settings = get_settings()
     overrides: dict[str, Any] = {}
@@ -105,7 +106,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
     async def prepare() -> Callable[[], Awaitable[None]]:
         storage = await open_storage(settings)
-        return storage.close
+        telemetry = start_telemetry(settings, storage.database)
+
+        async def release() -> None:
+            telemetry.close()
+            await storage.close()
+
+        return release
 
     await serve(settings, prepare)
     return EXIT_OK

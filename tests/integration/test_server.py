@@ -180,3 +180,47 @@ def test_missing_pgvector_is_explained() -> None:
     assert code == 2
     assert "pgvector" in stderr
     assert "ENGRAM_PG_URI" in stderr
+
+
+def test_pool_metrics_are_exported_over_otlp(tmp_path: Path) -> None:
+    """`engram serve` pushes its pool metrics to the collector OTEL_EXPORTER_OTLP_ENDPOINT names."""
+    from concurrent import futures
+
+    from opentelemetry.proto.collector.metrics.v1 import (
+        metrics_service_pb2,
+        metrics_service_pb2_grpc,
+    )
+
+    received: list[str] = []
+
+    class Collector(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+        def Export(self, request, context):  # type: ignore[no-untyped-def]
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    received.extend(metric.name for metric in scope.metrics)
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    collector = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Collector(), collector)
+    collector_port = collector.add_insecure_port("127.0.0.1:0")
+    collector.start()
+    port = free_port()
+    process = start_engram(
+        {
+            "ENGRAM_SQLITE_PATH": str(tmp_path / "engram.db"),
+            "ENGRAM_PORT": str(port),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+            "ENGRAM_DB_POOL_MONITORING_INTERVAL": "0.5",
+            "ENGRAM_DRAIN_DELAY_SECONDS": "0",
+        }
+    )
+    try:
+        wait_for(lambda: health_status(port) == SERVING)
+        # The pool gauges are exported on every interval, whether or not calls came in.
+        wait_for(lambda: "engram.db.pool.connections.available" in received, timeout=20)
+        assert "engram.db.pool.connections.checked_out" in received
+        assert "engram.db.pool.waiters" in received
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+        collector.stop(0)
