@@ -150,3 +150,39 @@ async def test_without_a_key_secrets_are_refused_not_stored_in_plaintext(
         write_secret(KeyRing(current=None), provider, "api_key_enc", "sk-nope")
     assert "ENGRAM_ENCRYPTION_KEY" in str(caught.value)
     assert provider.api_key_enc is None
+
+
+def test_engram_secrets_rotate_command(settings: Settings) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    async def seed_with_old_key() -> None:
+        choice = choose_database(settings)
+        database = Database(create_engine(choice, settings), choice)
+        try:
+            await seed(database, KeyRing(current=OLD))
+        finally:
+            await database.dispose()
+
+    asyncio.run(seed_with_old_key())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_", "LETTA_"))}
+    if settings.pg_uri is not None:
+        env["ENGRAM_PG_URI"] = settings.pg_uri.get_secret_value()
+    else:
+        env["ENGRAM_SQLITE_PATH"] = str(settings.sqlite_path)
+    env["LETTA_ENCRYPTION_KEY"] = "new key"
+    env["ENGRAM_ENCRYPTION_KEYS_PREVIOUS"] = "old key"
+    result = subprocess.run(
+        [sys.executable, "-m", "engram.cli", "secrets", "rotate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    assert "providers.api_key_enc: 1 re-encrypted" in result.stdout
+    assert "agent_environment_variables.value_enc: 1 re-encrypted" in result.stdout

@@ -9,10 +9,13 @@ subscribed (the telemetry layer); the store itself records nothing.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+
+_in_checkout: ContextVar[bool] = ContextVar("engram_in_checkout", default=False)
 
 
 class CheckoutObserver(Protocol):
@@ -36,6 +39,17 @@ class ObservedQueuePool(AsyncAdaptedQueuePool):
         return fresh
 
     def _do_get(self) -> ConnectionPoolEntry:
+        # QueuePool._do_get calls itself again when it loses a race for an
+        # overflow slot; only the outermost call is one checkout.
+        if _in_checkout.get():
+            return super()._do_get()
+        token = _in_checkout.set(True)
+        try:
+            return self._timed_get()
+        finally:
+            _in_checkout.reset(token)
+
+    def _timed_get(self) -> ConnectionPoolEntry:
         started = time.perf_counter()
         self.waiting += 1
         try:
