@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -18,10 +17,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from engram.config.database_url import (
     AsyncpgTarget,
@@ -34,7 +31,6 @@ from engram.config.database_url import (
 )
 
 # Read at import time: the suite's autouse fixture removes ENGRAM_* variables per test.
-LIVE_URL = os.environ.get("ENGRAM_TEST_PG_URL")
 
 SPECIAL_PASSWORD = "p@ss:w/rd#%"
 SPECIAL_ENCODED = "p%40ss%3Aw%2Frd%23%25"
@@ -560,23 +556,3 @@ def test_target_is_frozen() -> None:
     target = to_asyncpg("postgresql://db/app")
     with pytest.raises(dataclasses.FrozenInstanceError):
         target.url = "postgresql://elsewhere/app"  # type: ignore[misc]
-
-
-@pytest.mark.skipif(LIVE_URL is None, reason="set ENGRAM_TEST_PG_URL to a reachable database")
-async def test_connects_to_a_real_server() -> None:
-    assert LIVE_URL is not None
-    uri = LIVE_URL
-    probe = "options" not in uri
-    if probe:
-        separator = "&" if "?" in uri else "?"
-        uri += f"{separator}options=-c%20engram.probe%3Dyes&connect_timeout=10"
-    target = to_asyncpg(uri)
-    engine = create_async_engine(target.url, connect_args=target.connect_args)
-    try:
-        async with engine.connect() as connection:
-            assert await connection.scalar(text("SELECT 1")) == 1
-            if probe:
-                setting = await connection.scalar(text("SELECT current_setting('engram.probe')"))
-                assert setting == "yes"
-    finally:
-        await engine.dispose()
