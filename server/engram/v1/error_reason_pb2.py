@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65ngram/v1/error_reason.proto\x12\tengram.v1*\x8e\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\r\n\tNOT_FOUND\x10\x01\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x02\x12\x1f\n\x1bREFERENCED_RESOURCE_MISSING\x10\x03\x12\x12\n\x0e\x46IELD_REQUIRED\x10\x04\x12\x18\n\x14\x43ONSTRAINT_VIOLATION\x10\x05\x12\x15\n\x11\x43ONCURRENT_UPDATE\x10\x06\x12\x16\n\x12LOCK_NOT_AVAILABLE\x10\x07\x12\x0c\n\x08\x44\x45\x41\x44LOCK\x10\x08\x12\x14\n\x10\x44\x41TABASE_TIMEOUT\x10\t\x12\x18\n\x14\x44\x41TABASE_UNAVAILABLE\x10\n\x12\x12\n\x0e\x44\x41TABASE_ERROR\x10\x0b\x12\x1a\n\x16\x45NCRYPTION_KEY_MISSING\x10\x0c\x12\x1a\n\x16\x45NCRYPTION_KEY_UNKNOWN\x10\r\x12\x1c\n\x18SECRET_DECRYPTION_FAILED\x10\x0e\x12\x18\n\x14INTERNAL_SCOPE_ERROR\x10\x0f\x42\x34Z2github.com/engram/engram/gen/go/engram/v1;engramv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65ngram/v1/error_reason.proto\x12\tengram.v1*\xb8\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\r\n\tNOT_FOUND\x10\x01\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x02\x12\x1f\n\x1bREFERENCED_RESOURCE_MISSING\x10\x03\x12\x12\n\x0e\x46IELD_REQUIRED\x10\x04\x12\x18\n\x14\x43ONSTRAINT_VIOLATION\x10\x05\x12\x15\n\x11\x43ONCURRENT_UPDATE\x10\x06\x12\x16\n\x12LOCK_NOT_AVAILABLE\x10\x07\x12\x0c\n\x08\x44\x45\x41\x44LOCK\x10\x08\x12\x14\n\x10\x44\x41TABASE_TIMEOUT\x10\t\x12\x18\n\x14\x44\x41TABASE_UNAVAILABLE\x10\n\x12\x12\n\x0e\x44\x41TABASE_ERROR\x10\x0b\x12\x1a\n\x16\x45NCRYPTION_KEY_MISSING\x10\x0c\x12\x1a\n\x16\x45NCRYPTION_KEY_UNKNOWN\x10\r\x12\x1c\n\x18SECRET_DECRYPTION_FAILED\x10\x0e\x12\x18\n\x14INTERNAL_SCOPE_ERROR\x10\x0f\x12\x14\n\x10INVALID_ARGUMENT\x10\x10\x12\x17\n\x13\x46\x41ILED_PRECONDITION\x10\x11\x12\x13\n\x0fUNAUTHENTICATED\x10\x12\x12\x15\n\x11PERMISSION_DENIED\x10\x13\x12\x17\n\x13INVALID_TOOL_SOURCE\x10\x14\x12\x16\n\x12INVALID_PAGE_TOKEN\x10\x15\x12\x0c\n\x08INTERNAL\x10\x16\x12\x0e\n\nOVERLOADED\x10\x17\x42\x34Z2github.com/engram/engram/gen/go/engram/v1;engramv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z2github.com/engram/engram/gen/go/engram/v1;engramv1'
   _globals['_ERRORREASON']._serialized_start=44
-  _globals['_ERRORREASON']._serialized_end=442
+  _globals['_ERRORREASON']._serialized_end=612
 # @@protoc_insertion_point(module_scope)

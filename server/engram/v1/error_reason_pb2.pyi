@@ -22,6 +22,14 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCRYPTION_KEY_UNKNOWN: _ClassVar[ErrorReason]
     SECRET_DECRYPTION_FAILED: _ClassVar[ErrorReason]
     INTERNAL_SCOPE_ERROR: _ClassVar[ErrorReason]
+    INVALID_ARGUMENT: _ClassVar[ErrorReason]
+    FAILED_PRECONDITION: _ClassVar[ErrorReason]
+    UNAUTHENTICATED: _ClassVar[ErrorReason]
+    PERMISSION_DENIED: _ClassVar[ErrorReason]
+    INVALID_TOOL_SOURCE: _ClassVar[ErrorReason]
+    INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
+    INTERNAL: _ClassVar[ErrorReason]
+    OVERLOADED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 NOT_FOUND: ErrorReason
 ALREADY_EXISTS: ErrorReason
@@ -38,3 +46,11 @@ ENCRYPTION_KEY_MISSING: ErrorReason
 ENCRYPTION_KEY_UNKNOWN: ErrorReason
 SECRET_DECRYPTION_FAILED: ErrorReason
 INTERNAL_SCOPE_ERROR: ErrorReason
+INVALID_ARGUMENT: ErrorReason
+FAILED_PRECONDITION: ErrorReason
+UNAUTHENTICATED: ErrorReason
+PERMISSION_DENIED: ErrorReason
+INVALID_TOOL_SOURCE: ErrorReason
+INVALID_PAGE_TOKEN: ErrorReason
+INTERNAL: ErrorReason
+OVERLOADED: ErrorReason
