@@ -4,6 +4,7 @@ from engram.store.models.agents import Agent, AgentBlock, AgentTag, AgentTool
 from engram.store.models.archives import Archive, ArchiveAgent, Passage
 from engram.store.models.base import Base, OrganizationScoped
 from engram.store.models.blocks import Block
+from engram.store.models.idempotency import IdempotencyKey
 from engram.store.models.messages import Message
 from engram.store.models.runs import Run, Step
 from engram.store.models.secrets import AgentEnvironmentVariable, Provider
@@ -21,6 +22,7 @@ __all__ = [
     "ArchiveAgent",
     "Base",
     "Block",
+    "IdempotencyKey",
     "Message",
     "Organization",
     "OrganizationScoped",

@@ -28,9 +28,17 @@ class Tool(PrefixedId, Timestamped, OrganizationScoped, Base):
     return_char_limit: Mapped[int] = mapped_column(
         Integer, nullable=False, default=DEFAULT_RETURN_CHAR_LIMIT
     )
+    # [{"name": ..., "version": ...}] the sandbox installs before running the tool.
+    pip_requirements: Mapped[list[dict[str, str]]] = mapped_column(
+        JsonDocument, nullable=False, default=list
+    )
     default_requires_approval: Mapped[bool] = mapped_column(nullable=False, default=False)
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JsonDocument, nullable=False, default=dict
     )
+
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
 
     __table_args__ = (UniqueConstraint("organization_id", "name"),)
