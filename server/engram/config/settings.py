@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     # --- gRPC server -------------------------------------------------------------------
     host: str = Field("127.0.0.1", validation_alias=env("HOST", legacy=False))
     port: int = Field(50051, ge=0, le=65535, validation_alias=env("PORT", legacy=False))
+    max_concurrent_rpcs: int = Field(
+        1000,
+        ge=0,
+        validation_alias=env("MAX_CONCURRENT_RPCS", legacy=False),
+        description="Calls beyond this many at once get RESOURCE_EXHAUSTED; 0 for no limit.",
+    )
     drain_delay_seconds: float = Field(
         1.0,
         ge=0,

@@ -17,25 +17,36 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Telemetry:
+    """The process's metrics; the pool monitor joins once storage is open."""
+
+    settings: Settings
     provider: MeterProvider
-    pool_monitor: PoolMonitor | None
+    pool_monitor: PoolMonitor | None = None
 
-    def close(self) -> None:
-        if self.pool_monitor is not None:
-            self.pool_monitor.detach()
-        shutdown_metrics(self.provider)
+    @classmethod
+    def start(cls, settings: Settings) -> Telemetry:
+        return cls(settings, configure_metrics(settings))
 
-
-def start_telemetry(settings: Settings, database: Database) -> Telemetry:
-    """Metrics for this process; pool metrics when ENGRAM_ENABLE_DB_POOL_MONITORING is on."""
-    provider = configure_metrics(settings)
-    monitor = None
-    if settings.enable_db_pool_monitoring:
-        monitor = PoolMonitor.attach(database.engine, provider.get_meter("engram.db"))
+    def watch_pool(self, database: Database) -> None:
+        """Pool metrics, when ENGRAM_ENABLE_DB_POOL_MONITORING is on."""
+        if not self.settings.enable_db_pool_monitoring:
+            return
+        self.pool_monitor = PoolMonitor.attach(
+            database.engine, self.provider.get_meter("engram.db")
+        )
+        settings = self.settings
         logger.info(
             "database pool monitoring on%s",
             f", exporting to {settings.otel_exporter_otlp_endpoint}"
             if settings.otel_exporter_otlp_endpoint
             else " (no OTEL_EXPORTER_OTLP_ENDPOINT: metrics are not exported)",
         )
-    return Telemetry(provider=provider, pool_monitor=monitor)
+
+    def stop_watching_pool(self) -> None:
+        if self.pool_monitor is not None:
+            self.pool_monitor.detach()
+            self.pool_monitor = None
+
+    def close(self) -> None:
+        self.stop_watching_pool()
+        shutdown_metrics(self.provider)

@@ -1,0 +1,157 @@
+"""The built-in tools every organization has, and which ones each agent type gets.
+
+Their behaviour lives in the agent runtime; here are the names, kinds and
+the schemas the model sees.  They are registered once per organization, the
+first time an agent asks for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engram.store.models import Tool
+
+CORE = "core"
+MEMORY = "memory"
+
+
+@dataclass(frozen=True)
+class BaseTool:
+    name: str
+    kind: str
+    description: str
+    parameters: dict[str, Any]
+
+    @property
+    def json_schema(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+def _params(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required}
+
+
+_STR = {"type": "string"}
+
+BASE_TOOLS: dict[str, BaseTool] = {
+    tool.name: tool
+    for tool in (
+        BaseTool(
+            "send_message",
+            CORE,
+            "Say something to the user. This is the only way the user sees your words.",
+            _params(["message"], message={**_STR, "description": "What to tell the user."}),
+        ),
+        BaseTool(
+            "conversation_search",
+            MEMORY,
+            "Search the whole past conversation, including what is no longer in view.",
+            _params(
+                [],
+                query={**_STR, "description": "Words to look for."},
+                roles={
+                    "type": "array",
+                    "items": {"type": "string", "enum": ["assistant", "user", "tool"]},
+                    "description": "Only messages from these roles.",
+                },
+                limit={"type": "integer", "description": "At most this many results (default 5)."},
+                start_date={**_STR, "description": "Only messages on or after this ISO date."},
+                end_date={**_STR, "description": "Only messages on or before this ISO date."},
+            ),
+        ),
+        BaseTool(
+            "core_memory_append",
+            MEMORY,
+            "Add text on a new line at the end of a memory block.",
+            _params(
+                ["label", "content"],
+                label={**_STR, "description": "The block to change."},
+                content={**_STR, "description": "The text to add."},
+            ),
+        ),
+        BaseTool(
+            "core_memory_replace",
+            MEMORY,
+            "Replace every occurrence of some text in a memory block.",
+            _params(
+                ["label", "old_content", "new_content"],
+                label={**_STR, "description": "The block to change."},
+                old_content={**_STR, "description": "The exact text to replace."},
+                new_content={**_STR, "description": "The text to put in its place."},
+            ),
+        ),
+        BaseTool(
+            "memory_insert",
+            MEMORY,
+            "Insert text into a memory block at a given line (at the end by default).",
+            _params(
+                ["label", "new_string"],
+                label={**_STR, "description": "The block to change."},
+                new_string={**_STR, "description": "The text to insert."},
+                insert_line={
+                    "type": "integer",
+                    "description": "Insert after this line; 0 is the top, -1 the end.",
+                },
+            ),
+        ),
+        BaseTool(
+            "memory_replace",
+            MEMORY,
+            "Replace text that appears exactly once in a memory block.",
+            _params(
+                ["label", "old_string", "new_string"],
+                label={**_STR, "description": "The block to change."},
+                old_string={**_STR, "description": "The exact text to replace; must be unique."},
+                new_string={**_STR, "description": "The replacement (may be empty)."},
+            ),
+        ),
+        BaseTool(
+            "memory_rethink",
+            MEMORY,
+            "Rewrite a memory block completely.",
+            _params(
+                ["label", "new_memory"],
+                label={**_STR, "description": "The block to rewrite."},
+                new_memory={**_STR, "description": "The block's whole new text."},
+            ),
+        ),
+        BaseTool(
+            "memory_finish_edits",
+            MEMORY,
+            "Say that memory editing is done for now.",
+            _params([]),
+        ),
+    )
+}
+
+# The tools each agent type starts with when include_base_tools is on.
+DEFAULT_TOOLS_BY_AGENT_TYPE: dict[str, tuple[str, ...]] = {
+    "native": ("conversation_search", "memory_insert", "memory_replace"),
+    "heartbeat": ("send_message", "conversation_search", "memory_insert", "memory_replace"),
+}
+
+
+async def ensure_base_tools(session: AsyncSession, names: tuple[str, ...]) -> dict[str, str]:
+    """Register the named base tools in the session's organization if missing; name -> id."""
+    existing = {
+        tool.name: tool.id
+        for tool in (await session.scalars(select(Tool).where(Tool.name.in_(names)))).all()
+    }
+    for name in names:
+        if name in existing:
+            continue
+        base = BASE_TOOLS[name]
+        tool = Tool(
+            name=base.name,
+            description=base.description,
+            tool_type=base.kind,
+            json_schema=base.json_schema,
+        )
+        session.add(tool)
+        await session.flush()
+        existing[name] = tool.id
+    return existing
