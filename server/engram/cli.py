@@ -34,6 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--host", help="address to bind (default ENGRAM_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default ENGRAM_PORT or 50051)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow serving without API keys on a non-loopback address (no authentication)",
+    )
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create_key = keys_commands.add_parser(
+        "create", help="create an API key and print its secret (shown only once)"
+    )
+    create_key.add_argument("--admin", action="store_true", help="allow AdminService calls")
+    create_key.add_argument("--name", default="", help="a label for the key")
+    create_key.add_argument(
+        "--organization",
+        help="organization id (default: the default organization, created if needed)",
+    )
+    create_key.add_argument("--user", help="user id in that organization (default: its first user)")
 
     db = commands.add_parser("db", help="manage the database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -76,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "db": _db,
         "config": _config,
         "secrets": _secrets,
+        "keys": _keys,
     }
     from engram.config.database_choice import ConfigurationError
     from engram.store.diagnostics import StartupError
@@ -91,9 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from engram.config.settings import get_settings
+    from engram.rpc.application import Application, Services
     from engram.rpc.server import serve
+    from engram.services.auth import ApiKeyAuthenticator, AuthMode
     from engram.services.startup import open_storage
-    from engram.services.telemetry import start_telemetry
+    from engram.services.telemetry import Telemetry
 
     settings = get_settings()
     overrides: dict[str, Any] = {}
@@ -103,18 +124,74 @@ async def _serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if overrides:
         settings = settings.model_copy(update=overrides)
+    telemetry = Telemetry.start(settings)
+    app = Application()
 
     async def prepare() -> Callable[[], Awaitable[None]]:
         storage = await open_storage(settings)
-        telemetry = start_telemetry(settings, storage.database)
+        try:
+            authenticator = await ApiKeyAuthenticator.create(
+                storage.database, settings.host, insecure=args.insecure
+            )
+        except BaseException:
+            await storage.close()
+            raise
+        if authenticator.mode is AuthMode.LOCAL:
+            logger.warning(
+                "no API keys exist: serving without authentication in the default organization "
+                "(create one with `engram keys create --admin`, then restart)"
+            )
+        telemetry.watch_pool(storage.database)
+        app.ready(Services.build(storage.database, authenticator))
 
         async def release() -> None:
-            telemetry.close()
+            telemetry.stop_watching_pool()
             await storage.close()
 
         return release
 
-    await serve(settings, prepare)
+    try:
+        await serve(settings, prepare, app=app, meter=telemetry.provider.get_meter("engram.rpc"))
+    finally:
+        telemetry.close()
+    return EXIT_OK
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from engram.config.settings import get_settings
+    from engram.services.admin import AdminService, ensure_default_identity
+    from engram.services.startup import open_storage
+    from engram.store.models import User
+
+    storage = await open_storage(get_settings())
+    try:
+        database = storage.database
+        if args.organization is None:
+            caller = await ensure_default_identity(database)
+            organization_id, user_id = caller.organization_id, caller.user_id
+        else:
+            organization_id = args.organization
+            chosen: str | None = args.user
+            if chosen is None:
+                async with database.read(organization_id) as session:
+                    chosen = await session.scalar(select(User.id).order_by(User.created_at))
+            if chosen is None:
+                print(f"engram: organization {organization_id} has no users", file=sys.stderr)
+                return EXIT_CANNOT_RUN
+            user_id = chosen
+        issued = await AdminService(database).create_api_key(
+            organization_id, user_id, display_name=args.name, admin=args.admin
+        )
+    finally:
+        await storage.close()
+    print(issued.secret)
+    print(
+        f"created {'admin ' if args.admin else ''}API key {issued.key.id} for "
+        f"organizations/{organization_id}/users/{user_id}; the secret above is shown only once",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import metrics
+from opentelemetry.metrics import Meter
 
 from engram.config.settings import Settings
+from engram.rpc.application import Application
+from engram.rpc.interceptors import build_interceptors
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +72,57 @@ class RunningServer:
         await self.server.stop(grace)
 
 
-async def start_server(settings: Settings, *, service_names: Sequence[str] = ()) -> RunningServer:
-    """Open the listener with health NOT_SERVING and reflection enabled."""
-    server = grpc.aio.server(options=list(SERVER_OPTIONS))
+def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
+    """Add the Engram servicers; returns their full service names."""
+    from engram.api.admin import AdminServicer
+    from engram.api.agents import AgentServicer
+    from engram.api.blocks import BlockServicer
+    from engram.api.tools import ToolServicer
+    from engram.v1 import (
+        admin_service_pb2,
+        admin_service_pb2_grpc,
+        agent_service_pb2,
+        agent_service_pb2_grpc,
+        block_service_pb2,
+        block_service_pb2_grpc,
+        tool_service_pb2,
+        tool_service_pb2_grpc,
+    )
+
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(app), server)
+    block_service_pb2_grpc.add_BlockServiceServicer_to_server(BlockServicer(app), server)
+    tool_service_pb2_grpc.add_ToolServiceServicer_to_server(ToolServicer(app), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app), server)
+    return [
+        str(module.DESCRIPTOR.services_by_name[name].full_name)
+        for module, name in (
+            (agent_service_pb2, "AgentService"),
+            (block_service_pb2, "BlockService"),
+            (tool_service_pb2, "ToolService"),
+            (admin_service_pb2, "AdminService"),
+        )
+    ]
+
+
+async def start_server(
+    settings: Settings, *, app: Application | None = None, meter: Meter | None = None
+) -> RunningServer:
+    """Open the listener with health NOT_SERVING and reflection enabled.
+
+    With ``app``, the Engram services are registered behind the interceptor
+    chain; they answer UNAVAILABLE until ``app`` is ready.
+    """
+    interceptors = (
+        build_interceptors(app, meter or metrics.get_meter("engram.rpc")) if app is not None else []
+    )
+    server = grpc.aio.server(
+        options=list(SERVER_OPTIONS),
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = list(service_names)
+    names = _register_api(server, app) if app is not None else []
     for name in (OVERALL_HEALTH, *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
@@ -104,6 +153,8 @@ async def serve(
     prepare: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
     *,
     stop: asyncio.Event | None = None,
+    app: Application | None = None,
+    meter: Meter | None = None,
 ) -> None:
     """Run until a stop signal: listen, ``prepare()`` storage, serve, then drain.
 
@@ -112,7 +163,7 @@ async def serve(
     """
     stop = stop or asyncio.Event()
     install_stop_signals(stop)
-    running = await start_server(settings)
+    running = await start_server(settings, app=app, meter=meter)
     try:
         release = await prepare()
     except BaseException:

@@ -1,0 +1,1 @@
+"""Servicers: one module per gRPC service, translating protos to service calls and back."""

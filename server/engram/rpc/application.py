@@ -1,0 +1,60 @@
+"""The server's services, registered before the listener opens and ready once storage is.
+
+gRPC handlers must be registered before the server starts, but the server
+starts (with health NOT_SERVING) before storage is ready, so that probes get
+an answer during migrations.  Servicers therefore reach their services
+through this object, which refuses calls with UNAVAILABLE until it is ready.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engram.services.admin import AdminService
+from engram.services.agents import AgentService
+from engram.services.auth import ApiKeyAuthenticator
+from engram.services.blocks import BlockService
+from engram.services.caller import Caller
+from engram.services.tools import ToolService
+from engram.store.database import Database
+from engram.store.errors import DatabaseUnavailableError
+
+
+@dataclass
+class Services:
+    database: Database
+    authenticator: ApiKeyAuthenticator
+    agents: AgentService
+    blocks: BlockService
+    tools: ToolService
+    admin: AdminService
+
+    @classmethod
+    def build(cls, database: Database, authenticator: ApiKeyAuthenticator) -> Services:
+        return cls(
+            database=database,
+            authenticator=authenticator,
+            agents=AgentService(database),
+            blocks=BlockService(database),
+            tools=ToolService(database),
+            admin=AdminService(database),
+        )
+
+
+class Application:
+    """Holds the services once they exist."""
+
+    def __init__(self) -> None:
+        self._services: Services | None = None
+
+    def ready(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise DatabaseUnavailableError("the server is still starting; retry shortly")
+        return self._services
+
+    async def authenticate(self, bearer_token: str | None, method: str) -> Caller:
+        return await self.services.authenticator.authenticate(bearer_token, method)

@@ -1,0 +1,295 @@
+"""The interceptor chain every Engram call passes through.
+
+In order, for each call:
+
+1. **request context**: take the client's ``x-request-id`` (or make one) and
+   its W3C ``traceparent``, bind them to the call, and echo the id back in the
+   trailing metadata;
+2. **authentication**: resolve the caller from ``authorization: Bearer <key>``
+   (health, reflection and channelz are exempt);
+3. **error mapping**: turn any exception into one ``google.rpc.Status``
+   (:mod:`engram.rpc.errors`) sent with the standard ``grpc-status-details-bin``
+   trailer, and log it with the request id as correlation id;
+4. **metrics**: record the call's duration and final status code.
+
+The stages run inside one wrapper per method rather than as four
+``grpc.aio.ServerInterceptor`` objects: each interceptor layer costs about 5%
+of peak unary throughput (``grpc-conventions.md`` §3.1), and an exception
+mapper or a timer must wrap the handler's behaviour anyway, which
+``intercept_service`` alone cannot do.  Wrapped handlers are built once per
+method and cached, so a call allocates nothing for the chain itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import grpc
+from opentelemetry.metrics import Meter
+
+from engram.rpc.context import bind_caller, bind_request
+from engram.rpc.errors import MappedError, map_error
+from engram.services.caller import Caller
+
+logger = logging.getLogger(__name__)
+
+# Methods any client may call without credentials: probes and tooling.
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.", "/grpc.channelz.")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client's own request id is used only when it is short and plain, so that
+# it cannot smuggle anything into logs or trailers.
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
+
+_OK = grpc.StatusCode.OK.value[0]
+_CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+_UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class Authenticator(Protocol):
+    """What the chain needs to resolve a caller; :class:`~engram.rpc.application.Application`."""
+
+    async def authenticate(self, bearer_token: str | None, method: str) -> Caller: ...
+
+
+class _CallMetrics:
+    """``rpc.server.duration`` per method and status, following OpenTelemetry's RPC conventions."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._duration = meter.create_histogram(
+            "rpc.server.duration",
+            unit="ms",
+            description="Time to handle one gRPC call, by method and status code.",
+        )
+        self._attributes: dict[tuple[str, int], dict[str, str | int]] = {}
+
+    def record(self, method: str, code: int, started: float) -> None:
+        key = (method, code)
+        attributes = self._attributes.get(key)
+        if attributes is None:
+            service, _, name = method.lstrip("/").partition("/")
+            attributes = {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": name,
+                "rpc.grpc.status_code": code,
+            }
+            self._attributes[key] = attributes
+        self._duration.record((time.perf_counter() - started) * 1000.0, attributes)
+
+
+def _metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
+    for name, value in metadata or ():
+        if name == key:
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _request_context(context: grpc.aio.ServicerContext) -> tuple[str, str | None]:
+    """Bind the call's request id and trace parent; returns them."""
+    metadata = context.invocation_metadata()
+    offered = _metadata_value(metadata, REQUEST_ID_HEADER)
+    request_id = offered if offered and _CLIENT_REQUEST_ID.match(offered) else uuid.uuid4().hex
+    traceparent = _metadata_value(metadata, "traceparent")
+    if traceparent is not None and not _TRACEPARENT.match(traceparent):
+        traceparent = None
+    bind_request(request_id, traceparent)
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+    return request_id, traceparent
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The key in ``authorization: Bearer <key>``, or None when the header is absent.
+
+    A present but malformed header yields "" so that it fails authentication
+    instead of falling back to the local mode's anonymous caller.
+    """
+    header = _metadata_value(context.invocation_metadata(), "authorization")
+    if header is None:
+        return None
+    match = _BEARER.match(header)
+    return match.group(1) if match else ""
+
+
+class _Chain:
+    """The stages shared by every wrapped method."""
+
+    def __init__(self, authenticator: Authenticator, meter: Meter) -> None:
+        self.authenticator = authenticator
+        self.metrics = _CallMetrics(meter)
+
+    async def enter(self, method: str, context: grpc.aio.ServicerContext) -> str:
+        """Bind the request context and the caller; returns the request id."""
+        request_id, _ = _request_context(context)
+        caller = await self.authenticator.authenticate(bearer_token(context), method)
+        bind_caller(caller)
+        return request_id
+
+    def report(self, error: Exception, method: str, request_id: str) -> MappedError:
+        """Map ``error`` to its status and log it, with the request id as correlation id."""
+        mapped = map_error(error, correlation_id=request_id)
+        if mapped.server_fault:
+            logger.error("%s failed [request %s]", method, request_id, exc_info=error)
+        else:
+            logger.log(
+                mapped.log_level,
+                "%s refused with %s: %s [request %s]",
+                method,
+                mapped.reason,
+                mapped.status.message,
+                request_id,
+            )
+        return mapped
+
+
+async def _abort(mapped: MappedError, request_id: str, context: grpc.aio.ServicerContext) -> None:
+    """End the call with ``mapped``'s status in the standard details trailer (always raises)."""
+    status = mapped.status
+    await context.abort(
+        _STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN),
+        status.message,
+        trailing_metadata=(
+            ("grpc-status-details-bin", status.SerializeToString()),
+            (REQUEST_ID_HEADER, request_id),
+        ),
+    )
+
+
+def _aborted_code(context: grpc.aio.ServicerContext) -> int:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return int(code.value[0])
+    return int(code) if isinstance(code, int) else _UNKNOWN
+
+
+def _wrap_unary_response(
+    chain: _Chain, method: str, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = _OK
+        request_id = ""
+        try:
+            request_id = await chain.enter(method, context)
+            return await behaviour(request, context)
+        except asyncio.CancelledError:
+            code = _CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = _aborted_code(context)
+            raise
+        except Exception as error:
+            request_id = request_id or uuid.uuid4().hex
+            mapped = chain.report(error, method, request_id)
+            code = mapped.status.code
+            await _abort(mapped, request_id, context)
+            raise  # pragma: no cover - _abort always raises
+        finally:
+            chain.metrics.record(method, code, started)
+
+    return handle
+
+
+def _wrap_stream_response(
+    chain: _Chain, method: str, behaviour: Callable[[Any, grpc.aio.ServicerContext], Any]
+) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        code = _OK
+        request_id = ""
+        try:
+            request_id = await chain.enter(method, context)
+            responses = behaviour(request, context)
+            if hasattr(responses, "__aiter__"):
+                async for response in responses:
+                    yield response
+            else:
+                # A handler that writes with context.write() returns a coroutine.
+                await responses
+        except asyncio.CancelledError:
+            code = _CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = _aborted_code(context)
+            raise
+        except Exception as error:
+            request_id = request_id or uuid.uuid4().hex
+            mapped = chain.report(error, method, request_id)
+            code = mapped.status.code
+            await _abort(mapped, request_id, context)
+        finally:
+            chain.metrics.record(method, code, started)
+
+    return handle
+
+
+class EngramInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
+    """Applies the chain to every Engram method; exempt methods pass through untouched."""
+
+    def __init__(self, authenticator: Authenticator, meter: Meter) -> None:
+        self._chain = _Chain(authenticator, meter)
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(EXEMPT_PREFIXES):
+            return handler
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        chain = self._chain
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary_response(chain, method, handler.unary_unary), **serializers
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary_response(chain, method, handler.stream_unary), **serializers
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_response(chain, method, handler.unary_stream), **serializers
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream_response(chain, method, handler.stream_stream), **serializers
+        )
+
+
+def build_interceptors(
+    authenticator: Authenticator, meter: Meter
+) -> list[grpc.aio.ServerInterceptor]:
+    """The server's interceptors, in the order they run."""
+    return [EngramInterceptor(authenticator, meter)]
+
+
+__all__ = [
+    "EXEMPT_PREFIXES",
+    "REQUEST_ID_HEADER",
+    "Authenticator",
+    "EngramInterceptor",
+    "bearer_token",
+    "build_interceptors",
+]
