@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow serving without API keys on a non-loopback address (no authentication)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N server processes sharing the port with SO_REUSEPORT (Linux; default 1)",
+    )
+    # Set by the --workers supervisor on the processes it starts.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     keys = commands.add_parser("keys", help="manage API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -89,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if settings.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not settings.debug:
+        # Startup chatter that says nothing an operator needs: Alembic's plugin
+        # registration and the pool's own dispose/recreate notices.
+        for noisy in ("alembic.runtime.plugins", "engram.store.pool"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
         "serve": _serve,
         "db": _db,
@@ -124,6 +138,8 @@ async def _serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if overrides:
         settings = settings.model_copy(update=overrides)
+    if args.workers != 1:
+        return await _supervise_workers(args, settings)
     telemetry = Telemetry.start(settings)
     app = Application()
 
@@ -151,10 +167,40 @@ async def _serve(args: argparse.Namespace) -> int:
         return release
 
     try:
-        await serve(settings, prepare, app=app, meter=telemetry.provider.get_meter("engram.rpc"))
+        await serve(
+            settings,
+            prepare,
+            app=app,
+            meter=telemetry.provider.get_meter("engram.rpc"),
+            reuse_port=args.reuse_port,
+        )
     finally:
         telemetry.close()
     return EXIT_OK
+
+
+async def _supervise_workers(args: argparse.Namespace, settings: Any) -> int:
+    """Prepare storage once, then run ``--workers`` server processes on one port."""
+    from engram.rpc.workers import KILL_MARGIN_SECONDS, supervise, worker_command
+    from engram.services.auth import decide_auth_mode
+    from engram.services.startup import open_storage
+
+    if args.workers < 1:
+        print("engram: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if settings.port == 0:
+        print("engram: --workers needs a fixed port (workers cannot share port 0)", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    # Migrate (embedded default) and check authentication once, before any worker
+    # exists, so that workers neither race to migrate nor each fail the same way.
+    storage = await open_storage(settings)
+    try:
+        await decide_auth_mode(storage.database, settings.host, insecure=args.insecure)
+    finally:
+        await storage.close()
+    command = worker_command(settings.host, settings.port, insecure=args.insecure)
+    patience = settings.drain_delay_seconds + settings.shutdown_grace_seconds + KILL_MARGIN_SECONDS
+    return await supervise(command, args.workers, stop_patience=patience)
 
 
 async def _keys(args: argparse.Namespace) -> int:

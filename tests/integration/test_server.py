@@ -3,56 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from support.postgres import EmbeddedPostgres, free_port
-
-REPO = Path(__file__).resolve().parents[2]
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def start_engram(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_", "LETTA_"))}
-    full_env.update(env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "engram.cli", "serve", *args],
-        env=full_env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def health_status(port: int) -> int | None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            return int(stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status)
-        except grpc.RpcError:
-            return None
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+from support.serve_process import (
+    NOT_SERVING,
+    SERVING,
+    health_status,
+    start_engram,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -92,6 +60,17 @@ def test_serves_health_and_reflection_then_drains(
         response = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
         names = {s.name for s in response.list_services_response.service}
     assert "grpc.health.v1.Health" in names
+    engram_services = {
+        "engram.v1.AgentService",
+        "engram.v1.BlockService",
+        "engram.v1.ToolService",
+        "engram.v1.AdminService",
+    }
+    assert engram_services <= names
+    # Each service reports its own health, so a probe can watch one of them.
+    for service in engram_services:
+        assert health_status(port, service) == SERVING
+    assert health_status(port, "engram.v1.NoSuchService") is None
 
     process.send_signal(signal.SIGTERM)
     # During the drain delay the server still answers, but says NOT_SERVING.

@@ -45,9 +45,18 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.max_connection_age_ms", 30 * 60_000),
     ("grpc.max_connection_age_grace_ms", 10 * 60_000),
-    # Off so that a port clash fails loudly instead of two servers sharing it.
-    ("grpc.so_reuseport", 0),
 )
+
+
+def server_options(*, reuse_port: bool) -> list[tuple[str, int]]:
+    """Channel arguments of the server.
+
+    ``SO_REUSEPORT`` is on in gRPC core by default; it stays off unless the
+    process is one of ``engram serve --workers N``, so that a port clash
+    fails loudly instead of two unrelated servers silently sharing a port.
+    """
+    return [*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)]
+
 
 OVERALL_HEALTH = ""
 
@@ -105,7 +114,11 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
 
 
 async def start_server(
-    settings: Settings, *, app: Application | None = None, meter: Meter | None = None
+    settings: Settings,
+    *,
+    app: Application | None = None,
+    meter: Meter | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Open the listener with health NOT_SERVING and reflection enabled.
 
@@ -116,7 +129,7 @@ async def start_server(
         build_interceptors(app, meter or metrics.get_meter("engram.rpc")) if app is not None else []
     )
     server = grpc.aio.server(
-        options=list(SERVER_OPTIONS),
+        options=server_options(reuse_port=reuse_port),
         interceptors=interceptors,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
@@ -155,6 +168,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     app: Application | None = None,
     meter: Meter | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Run until a stop signal: listen, ``prepare()`` storage, serve, then drain.
 
@@ -163,7 +177,7 @@ async def serve(
     """
     stop = stop or asyncio.Event()
     install_stop_signals(stop)
-    running = await start_server(settings, app=app, meter=meter)
+    running = await start_server(settings, app=app, meter=meter, reuse_port=reuse_port)
     try:
         release = await prepare()
     except BaseException:

@@ -195,7 +195,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DetachBlock(self, request, context):
-        """Detaches a block from an agent; the block itself stays.
+        """Detaches a block from an agent; the block itself stays. Detaching a block
+        that is not attached changes nothing and succeeds, so retries are safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,7 +217,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DetachTool(self, request, context):
-        """Detaches a tool from an agent; the tool itself stays.
+        """Detaches a tool from an agent; the tool itself stays. Detaching a tool that
+        is not attached changes nothing and succeeds, so retries are safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
