@@ -34,7 +34,7 @@ import grpc
 from opentelemetry.metrics import Meter
 
 from engram.rpc.context import bind_caller, bind_request
-from engram.rpc.errors import MappedError, map_error
+from engram.rpc.errors import MappedError, OverloadedError, map_error
 from engram.services.caller import Caller
 
 logger = logging.getLogger(__name__)
@@ -123,13 +123,24 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
 class _Chain:
     """The stages shared by every wrapped method."""
 
-    def __init__(self, authenticator: Authenticator, meter: Meter) -> None:
+    def __init__(self, authenticator: Authenticator, meter: Meter, max_in_flight: int) -> None:
         self.authenticator = authenticator
         self.metrics = _CallMetrics(meter)
+        self.max_in_flight = max_in_flight
+        # Calls of wrapped methods now running (this one included, once entered).
+        self.in_flight = 0
 
     async def enter(self, method: str, context: grpc.aio.ServicerContext) -> str:
-        """Bind the request context and the caller; returns the request id."""
+        """Bind the request context and the caller; returns the request id.
+
+        Sheds load first: past ``max_in_flight`` calls the call fails at once
+        with OVERLOADED (RESOURCE_EXHAUSTED and RetryInfo) instead of queueing
+        behind the others.  Health and reflection are never wrapped, so probes
+        still answer while the server sheds.
+        """
         request_id, _ = _request_context(context)
+        if self.max_in_flight and self.in_flight > self.max_in_flight:
+            raise OverloadedError()
         caller = await self.authenticator.authenticate(bearer_token(context), method)
         bind_caller(caller)
         return request_id
@@ -178,6 +189,7 @@ def _wrap_unary_response(
         started = time.perf_counter()
         code = _OK
         request_id = ""
+        chain.in_flight += 1
         try:
             request_id = await chain.enter(method, context)
             return await behaviour(request, context)
@@ -194,6 +206,7 @@ def _wrap_unary_response(
             await _abort(mapped, request_id, context)
             raise  # pragma: no cover - _abort always raises
         finally:
+            chain.in_flight -= 1
             chain.metrics.record(method, code, started)
 
     return handle
@@ -206,6 +219,7 @@ def _wrap_stream_response(
         started = time.perf_counter()
         code = _OK
         request_id = ""
+        chain.in_flight += 1
         try:
             request_id = await chain.enter(method, context)
             responses = behaviour(request, context)
@@ -227,6 +241,7 @@ def _wrap_stream_response(
             code = mapped.status.code
             await _abort(mapped, request_id, context)
         finally:
+            chain.in_flight -= 1
             chain.metrics.record(method, code, started)
 
     return handle
@@ -235,8 +250,8 @@ def _wrap_stream_response(
 class EngramInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
     """Applies the chain to every Engram method; exempt methods pass through untouched."""
 
-    def __init__(self, authenticator: Authenticator, meter: Meter) -> None:
-        self._chain = _Chain(authenticator, meter)
+    def __init__(self, authenticator: Authenticator, meter: Meter, max_in_flight: int) -> None:
+        self._chain = _Chain(authenticator, meter, max_in_flight)
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -279,10 +294,10 @@ class EngramInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # gr
 
 
 def build_interceptors(
-    authenticator: Authenticator, meter: Meter
+    authenticator: Authenticator, meter: Meter, *, max_in_flight: int = 0
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The server's interceptors, in the order they run."""
-    return [EngramInterceptor(authenticator, meter)]
+    """The server's interceptors, in the order they run (``max_in_flight`` 0: no limit)."""
+    return [EngramInterceptor(authenticator, meter, max_in_flight)]
 
 
 __all__ = [

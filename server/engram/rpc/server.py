@@ -126,12 +126,19 @@ async def start_server(
     chain; they answer UNAVAILABLE until ``app`` is ready.
     """
     interceptors = (
-        build_interceptors(app, meter or metrics.get_meter("engram.rpc")) if app is not None else []
+        build_interceptors(
+            app,
+            meter or metrics.get_meter("engram.rpc"),
+            max_in_flight=settings.max_concurrent_rpcs,
+        )
+        if app is not None
+        else []
     )
+    # Load is shed by the interceptor chain (a rich OVERLOADED status, probes
+    # exempt) rather than by grpc's maximum_concurrent_rpcs, which would also
+    # turn away health checks and answers without details.
     server = grpc.aio.server(
-        options=server_options(reuse_port=reuse_port),
-        interceptors=interceptors,
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        options=server_options(reuse_port=reuse_port), interceptors=interceptors
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
