@@ -19,8 +19,12 @@ def etag_of(version: int) -> str:
 
 
 def check_etag(given: str, version: int, resource_name: str) -> None:
-    """Refuse a write whose etag is stale. An empty etag means "no check"."""
-    if given and given != etag_of(version):
+    """Refuse a write whose etag is stale. An empty etag means "no check".
+
+    The surrounding quotes are optional, so that a shell user can send
+    ``"etag": "2"`` instead of escaping ``"\\"2\\""``; the value compared is the same.
+    """
+    if given and given.strip('"') != str(version):
         raise EtagMismatchError(resource_name)
 
 
