@@ -21,6 +21,7 @@ from engram.rpc.application import Application
 from engram.rpc.context import current_caller
 from engram.services.agents import AgentFilters, AgentService, AgentView, NewAgent
 from engram.services.common import etag_of
+from engram.services.errors import InvalidArgumentError
 from engram.store.ids import IdPrefix
 from engram.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, tool_rule_pb2
 
@@ -93,6 +94,12 @@ def agent_id_of(name: str, field: str) -> str:
     return resource_id(name, "agents", IdPrefix.AGENT, field)
 
 
+def _label_of(label: str) -> str:
+    if not label:
+        raise InvalidArgumentError.field("label", "is required")
+    return label
+
+
 def _filters(request: Any) -> AgentFilters:
     return AgentFilters(
         display_name=request.display_name,
@@ -113,7 +120,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.CreateAgentRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.Agent:
         values = {name: read(request.agent) for name, read in AGENT_READERS.items()}
-        values["agent_type"] = AGENT_TYPE_TO_DOMAIN.get(request.agent.agent_type, "")
+        # A value this server does not know must fail validation, not become the default.
+        values["agent_type"] = AGENT_TYPE_TO_DOMAIN.get(request.agent.agent_type, "unknown")
         spec = NewAgent(
             values=values,
             memory_blocks=[block_values(block) for block in request.memory_blocks],
@@ -190,18 +198,20 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.GetAgentBlockRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         view = await self.service.get_block(
-            current_caller(), agent_id_of(request.agent, "agent"), request.label
+            current_caller(), agent_id_of(request.agent, "agent"), _label_of(request.label)
         )
         return block_to_proto(view)
 
     async def UpdateAgentBlock(
         self, request: agent_service_pb2.UpdateAgentBlockRequest, context: grpc.aio.ServicerContext
     ) -> Any:
+        agent_id = agent_id_of(request.agent, "agent")
+        label = _label_of(request.label)
         changes = changed_fields(request.block, request.update_mask, BLOCK_READERS)
         view = await self.service.update_block(
             current_caller(),
-            agent_id_of(request.agent, "agent"),
-            request.label,
+            agent_id,
+            label,
             changes,
             request.block.etag,
         )

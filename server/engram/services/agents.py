@@ -15,7 +15,11 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engram.services.base_tools import DEFAULT_TOOLS_BY_AGENT_TYPE, ensure_base_tools
+from engram.services.base_tools import (
+    BASE_TOOLS,
+    DEFAULT_TOOLS_BY_AGENT_TYPE,
+    ensure_base_tools,
+)
 from engram.services.blocks import (
     BlockView,
     block_views,
@@ -29,7 +33,7 @@ from engram.services.errors import FailedPreconditionError, FieldViolation, Inva
 from engram.services.idempotency import create_once
 from engram.services.pagination import by_key, created_key, cut_page, oldest_first, page_request
 from engram.services.tool_rules import validate_tool_rules
-from engram.store.errors import NotFoundError
+from engram.store.errors import NotFoundError, UniqueViolationError
 from engram.store.models import Agent, AgentBlock, AgentTag, AgentTool, Block, Tool
 from engram.store.types import utc_now
 
@@ -38,6 +42,8 @@ DEFAULT_AGENT_TYPE = "native"
 DISPLAY_NAME = re.compile(r"^[\w '\-]{1,200}$")
 MODEL_HANDLE = re.compile(r"^[^/\s]+/\S+$")
 MAX_TAG_LENGTH = 200
+# The unique tool name per organization, which racing first registrations of a base tool hit.
+TOOL_NAME_CONSTRAINT = "uq_tools_organization_id_name"
 UPDATABLE_FIELDS = frozenset(
     {
         "display_name",
@@ -234,6 +240,9 @@ class AgentService:
             tool_ids = list(spec.tool_ids)
             for tool_name in spec.tool_names:
                 tool_id = await session.scalar(select(Tool.id).where(Tool.name == tool_name))
+                if tool_id is None and tool_name in BASE_TOOLS:
+                    # Every organization has the base tools; they are registered on first use.
+                    tool_id = (await ensure_base_tools(session, (tool_name,)))[tool_name]
                 if tool_id is None:
                     raise NotFoundError("tool", tool_name)
                 tool_ids.append(tool_id)
@@ -245,9 +254,18 @@ class AgentService:
                 session.add(AgentTool(agent_id=agent.id, tool_id=tool_id))
             return agent.id
 
-        agent_id = await create_once(
-            self.database, caller.organization_id, "CreateAgent", request_id, create
-        )
+        try:
+            agent_id = await create_once(
+                self.database, caller.organization_id, "CreateAgent", request_id, create
+            )
+        except UniqueViolationError as error:
+            # Concurrent first agents of an organization race to register its base
+            # tools; the loser rolled back, and a second try finds the winner's.
+            if error.constraint != TOOL_NAME_CONSTRAINT:
+                raise
+            agent_id = await create_once(
+                self.database, caller.organization_id, "CreateAgent", request_id, create
+            )
         return await self.get(caller, agent_id)
 
     async def get(self, caller: Caller, agent_id: str) -> AgentView:
