@@ -6,13 +6,14 @@ inline blocks and links, or not at all.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.services.base_tools import (
@@ -34,6 +35,7 @@ from engram.services.idempotency import create_once
 from engram.services.pagination import by_key, created_key, cut_page, oldest_first, page_request
 from engram.services.tool_rules import validate_tool_rules
 from engram.store.errors import NotFoundError, UniqueViolationError
+from engram.store.json_aggregates import as_json, decode_list, json_list
 from engram.store.models import Agent, AgentBlock, AgentTag, AgentTool, Block, Tool
 from engram.store.types import utc_now
 
@@ -166,32 +168,57 @@ def _apply(agent: Agent, values: Mapping[str, Any]) -> None:
             setattr(agent, name, value)
 
 
-async def agent_views(session: AsyncSession, agents: Sequence[Agent]) -> list[AgentView]:
-    """Agents with their tags, blocks and tools: three queries for a whole page."""
-    views = {agent.id: AgentView(agent) for agent in agents}
-    if not views:
-        return []
-    ids = list(views)
-    for agent_id, tag in await session.execute(
-        select(AgentTag.agent_id, AgentTag.tag)
-        .where(AgentTag.agent_id.in_(ids))
-        .order_by(AgentTag.tag)
-    ):
-        views[agent_id].tags.append(tag)
-    for agent_id, block_id in await session.execute(
-        select(AgentBlock.agent_id, AgentBlock.block_id)
-        .where(AgentBlock.agent_id.in_(ids))
-        .order_by(AgentBlock.block_label)
-    ):
-        views[agent_id].block_ids.append(block_id)
-    for agent_id, tool_id in await session.execute(
-        select(AgentTool.agent_id, AgentTool.tool_id)
+@functools.cache
+def _link_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
+    """Each agent's tag values, block ids (by label) and tool ids (by tool name), as JSON lists.
+
+    Correlated subqueries, so that an agent or a whole page of agents is read
+    with everything attached to it in a single statement.
+    """
+    tags = (
+        select(json_list(dialect, AgentTag.tag, AgentTag.tag))
+        .where(AgentTag.agent_id == Agent.id)
+        .scalar_subquery()
+    )
+    blocks = (
+        select(json_list(dialect, AgentBlock.block_id, AgentBlock.block_label))
+        .where(AgentBlock.agent_id == Agent.id)
+        .scalar_subquery()
+    )
+    tools = (
+        select(json_list(dialect, AgentTool.tool_id, Tool.name))
+        .select_from(AgentTool)
         .join(Tool, Tool.id == AgentTool.tool_id)
-        .where(AgentTool.agent_id.in_(ids))
-        .order_by(Tool.name)
-    ):
-        views[agent_id].tool_ids.append(tool_id)
-    return [views[agent.id] for agent in agents]
+        .where(AgentTool.agent_id == Agent.id)
+        .scalar_subquery()
+    )
+    return as_json(tags), as_json(blocks), as_json(tools)
+
+
+def with_links(query: Select[Any], dialect: str) -> Select[Any]:
+    """``query`` on agents, with the columns :func:`view_of` reads."""
+    return query.add_columns(*_link_columns(dialect))
+
+
+@functools.cache
+def _agent_by_id(dialect: str) -> Select[Any]:
+    # Built once per dialect: GetAgent is the hottest read.
+    return with_links(select(Agent).where(Agent.id == bindparam("agent_id")), dialect)
+
+
+def _row_created_key(row: Sequence[Any]) -> tuple[str, str]:
+    return created_key(row[0])
+
+
+def view_of(row: Sequence[Any]) -> AgentView:
+    """The view of one row of a :func:`with_links` query."""
+    agent, tags, block_ids, tool_ids = row
+    return AgentView(
+        agent,
+        tags=decode_list(tags),
+        block_ids=decode_list(block_ids),
+        tool_ids=decode_list(tool_ids),
+    )
 
 
 def _filtered(query: Select[Any], filters: AgentFilters) -> Select[Any]:
@@ -269,9 +296,12 @@ class AgentService:
         return await self.get(caller, agent_id)
 
     async def get(self, caller: Caller, agent_id: str) -> AgentView:
+        statement = _agent_by_id(self.database.engine.dialect.name)
         async with self.database.read(caller.organization_id) as session:
-            agent = await load(session, Agent, agent_id, "agent")
-            return (await agent_views(session, [agent]))[0]
+            row = (await session.execute(statement, {"agent_id": agent_id})).first()
+        if row is None:
+            raise NotFoundError("agent", agent_id)
+        return view_of(row)
 
     async def list_page(
         self, caller: Caller, filters: AgentFilters, *, page_size: int, page_token: str
@@ -285,10 +315,14 @@ class AgentService:
                 "all": filters.match_all_tags,
             },
         )
-        query = oldest_first(_filtered(select(Agent), filters), Agent, page)
+        query = oldest_first(
+            with_links(_filtered(select(Agent), filters), self.database.engine.dialect.name),
+            Agent,
+            page,
+        )
         async with self.database.read(caller.organization_id) as session:
-            agents, token = cut_page((await session.scalars(query)).all(), page, created_key)
-            return await agent_views(session, agents), token
+            rows, token = cut_page((await session.execute(query)).all(), page, _row_created_key)
+        return [view_of(row) for row in rows], token
 
     async def count(self, caller: Caller, filters: AgentFilters) -> int:
         query = _filtered(select(func.count()).select_from(Agent), filters)
