@@ -78,12 +78,16 @@ def page_request(page_size: int, page_token: str, filters: dict[str, Any]) -> Pa
 
 
 def _decode_time(value: Any) -> datetime:
+    """The timestamp in a token; tokens only ever hold aware UTC times."""
     try:
-        return datetime.fromisoformat(str(value))
+        moment = datetime.fromisoformat(str(value))
     except ValueError as error:
         raise InvalidPageTokenError.field(
             "page_token", "is not a token this server issued"
         ) from error
+    if moment.tzinfo is None:
+        raise InvalidPageTokenError.field("page_token", "is not a token this server issued")
+    return moment
 
 
 def oldest_first(query: SelectT, model: Any, page: PageRequest) -> SelectT:

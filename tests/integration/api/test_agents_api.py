@@ -957,11 +957,6 @@ async def test_list_agents_rejects_altered_token_positions(api: ApiHarness) -> N
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pagination._decode_time accepts a naive time from an altered token; the UTC "
-    "column type then refuses it while the query runs, and the call fails INTERNAL",
-)
 async def test_list_agents_rejects_a_token_with_a_naive_time(api: ApiHarness) -> None:
     await create_agent(api.org_a)
     token = forged_token(["2024-01-01T00:00:00", "agent-x"], {"name": "", "tags": [], "all": False})
