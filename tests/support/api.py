@@ -106,7 +106,9 @@ async def running_api(settings: Settings, database: Database) -> AsyncIterator[A
     caller_b, key_b, _, _ = await _organization(admin, "org-b")
     authenticator = ApiKeyAuthenticator(database, AuthMode.API_KEYS, None)
     app = Application()
-    server = await start_server(settings.model_copy(update={"host": "127.0.0.1", "port": 0}), app=app)
+    server = await start_server(
+        settings.model_copy(update={"host": "127.0.0.1", "port": 0}), app=app
+    )
     app.ready(Services.build(database, authenticator))
     await server.set_serving()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")

@@ -97,7 +97,11 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         request: admin_service_pb2.DeleteOrganizationRequest,
         context: grpc.aio.ServicerContext,
     ) -> empty_pb2.Empty:
-        await self.service.delete_organization(organization_id_of(request.name, "name"))
+        key_hashes = await self.service.delete_organization(
+            organization_id_of(request.name, "name")
+        )
+        for key_hash in key_hashes:
+            self.authenticator.forget(key_hash)
         return empty_pb2.Empty()
 
     async def CreateUser(
@@ -129,7 +133,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         organization_id, user_id = nested_id(
             request.name, "organizations", IdPrefix.ORGANIZATION, "users", IdPrefix.USER, "name"
         )
-        await self.service.delete_user(organization_id, user_id)
+        for key_hash in await self.service.delete_user(organization_id, user_id):
+            self.authenticator.forget(key_hash)
         return empty_pb2.Empty()
 
     async def CreateApiKey(

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import grpc
 from opentelemetry.metrics import Meter
 
-from engram.rpc.context import bind_caller, bind_request
+from engram.rpc.context import bind_caller, bind_request, current_request_id
 from engram.rpc.errors import MappedError, OverloadedError, map_error
 from engram.services.caller import Caller
 
@@ -200,7 +200,8 @@ def _wrap_unary_response(
             code = _aborted_code(context)
             raise
         except Exception as error:
-            request_id = request_id or uuid.uuid4().hex
+            # A call refused while entering (auth, load shedding) still reports its own id.
+            request_id = request_id or current_request_id() or uuid.uuid4().hex
             mapped = chain.report(error, method, request_id)
             code = mapped.status.code
             await _abort(mapped, request_id, context)
@@ -236,7 +237,8 @@ def _wrap_stream_response(
             code = _aborted_code(context)
             raise
         except Exception as error:
-            request_id = request_id or uuid.uuid4().hex
+            # A call refused while entering (auth, load shedding) still reports its own id.
+            request_id = request_id or current_request_id() or uuid.uuid4().hex
             mapped = chain.report(error, method, request_id)
             code = mapped.status.code
             await _abort(mapped, request_id, context)

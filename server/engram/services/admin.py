@@ -106,11 +106,21 @@ class AdminService:
             ).all()
         return cut_page(rows, page, created_key)
 
-    async def delete_organization(self, organization_id: str) -> None:
-        async def work(session: AsyncSession) -> None:
-            await session.delete(await load(session, Organization, organization_id, "organization"))
+    async def delete_organization(self, organization_id: str) -> list[str]:
+        """Delete an organization and everything in it; returns its keys' hashes for caches."""
 
-        await self.database.run_transaction(work, None, all_organizations=True)
+        async def work(session: AsyncSession) -> list[str]:
+            organization = await load(session, Organization, organization_id, "organization")
+            key_hashes = list(
+                await session.scalars(
+                    select(ApiKey.key_hash).where(ApiKey.organization_id == organization_id)
+                )
+            )
+            await session.delete(organization)
+            return key_hashes
+
+        result: list[str] = await self.database.run_transaction(work, None, all_organizations=True)
+        return result
 
     async def create_user(
         self, caller: Caller, organization_id: str, display_name: str, request_id: str
@@ -140,11 +150,19 @@ class AdminService:
             rows = (await session.scalars(oldest_first(select(User), User, page))).all()
         return cut_page(rows, page, created_key)
 
-    async def delete_user(self, organization_id: str, user_id: str) -> None:
-        async def work(session: AsyncSession) -> None:
-            await session.delete(await load(session, User, user_id, "user"))
+    async def delete_user(self, organization_id: str, user_id: str) -> list[str]:
+        """Delete a user and its keys; returns the keys' hashes so that caches can forget them."""
 
-        await self.database.run_transaction(work, organization_id)
+        async def work(session: AsyncSession) -> list[str]:
+            user = await load(session, User, user_id, "user")
+            key_hashes = list(
+                await session.scalars(select(ApiKey.key_hash).where(ApiKey.user_id == user_id))
+            )
+            await session.delete(user)
+            return key_hashes
+
+        result: list[str] = await self.database.run_transaction(work, organization_id)
+        return result
 
     async def create_api_key(
         self,

@@ -69,7 +69,8 @@ def validate_block_fields(
     limit = clean.get(
         "limit", current.char_limit if current is not None else DEFAULT_BLOCK_CHAR_LIMIT
     )
-    if len(value) > limit:
+    # An out-of-range limit is already reported; comparing the value with it adds noise.
+    if 0 < limit <= MAX_BLOCK_LIMIT and len(value) > limit:
         field = "value" if "value" in clean else "limit"
         violations.append(
             FieldViolation(

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from engram.services.base_tools import BASE_TOOLS
 from engram.services.caller import Caller
 from engram.services.common import check_etag, load
 from engram.services.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
@@ -58,6 +59,21 @@ def _schema_from(values: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
         return name, str(schema.get("description", "")), dict(schema)
     derived = derive_tool_schema(str(values.get("source_code", "")))
     return derived.name, derived.description, derived.json_schema
+
+
+def refuse_built_in_name(name: str) -> None:
+    """Custom tools may not take a built-in tool's name.
+
+    Built-in tools are registered lazily (by the first agent that asks for
+    them), and that registration adopts whatever tool already has the name, so
+    a custom tool under such a name would be attached to agents as the built-in.
+    """
+    if name in BASE_TOOLS:
+        raise FailedPreconditionError(
+            f"{name!r} is the name of a built-in tool; give the custom tool another name",
+            subject=name,
+            violation_type="BUILT_IN_TOOL",
+        )
 
 
 def validate_tool_fields(values: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
@@ -111,7 +127,8 @@ class ToolService:
 
     async def create(self, caller: Caller, values: Mapping[str, Any], request_id: str) -> Tool:
         clean = validate_tool_fields(values, creating=True)
-        _schema_from(clean)  # refuse bad source before opening a transaction
+        # Refuse bad source and reserved names before opening a transaction.
+        refuse_built_in_name(_schema_from(clean)[0])
 
         async def create(session: AsyncSession) -> str:
             tool = self._new(clean)
@@ -136,6 +153,7 @@ class ToolService:
     async def upsert(self, caller: Caller, values: Mapping[str, Any]) -> Tool:
         clean = validate_tool_fields(values, creating=True)
         name = _schema_from(clean)[0]
+        refuse_built_in_name(name)
 
         async def work(session: AsyncSession) -> str:
             existing = (await session.scalars(select(Tool).where(Tool.name == name))).first()
@@ -203,6 +221,7 @@ class ToolService:
                 if "json_schema" not in clean and "source_code" not in clean:
                     merged["json_schema"] = tool.json_schema
                 _set_schema(tool, clean, merged)
+                refuse_built_in_name(tool.name)
             tool.updated_at = utc_now()
 
         await self.database.run_transaction(work, caller.organization_id)
