@@ -14,17 +14,25 @@ then both try to upgrade to writing.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from threading import Thread
 from typing import Any
 
 import aiosqlite
 from sqlalchemy import event
-from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.util.concurrency import await_
 
 # Execution option that marks a connection as the one writer.
 WRITE_OPTION = "engram_write"
@@ -61,13 +69,109 @@ def _load_vector_extension(raw: Any) -> None:
         raw.enable_load_extension(False)
 
 
-class _SqliteModuleAdapter(AsyncAdapt_aiosqlite_dbapi):
-    """SQLAlchemy's aiosqlite adapter, with its error classes taken from our module.
+_Outcome = tuple[Any, list[Any], int, int | None]
 
-    The stock adapter takes them from ``aiosqlite``, which re-exports the
-    standard ``sqlite3`` ones; with ``pysqlite3`` underneath, errors would
-    then escape SQLAlchemy's wrapping and our error translation.
+
+def _run_statement(raw: Any, operation: str, parameters: Any, many: bool) -> _Outcome:
+    """Execute one statement to completion on the connection's own thread."""
+    cursor = raw.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    """A cursor that runs a whole statement in one trip to aiosqlite's thread.
+
+    The stock adapter makes four trips per statement (open a cursor, execute,
+    fetch, close), each a hand-off to the connection's thread and back
+    through the event loop; that hand-off, not SQLite, was most of the cost of
+    a small read.  Here one function does all four on the thread, and the
+    rows, description, row count and last row id come back together.
+    Results are buffered either way (the stock cursor fetches all rows too);
+    server-side cursors keep the stock implementation.
     """
+
+    __slots__ = ("_description", "_lastrowid", "_rowcount")
+    _awaitable_cursor_close = False
+
+    def __init__(self, adapt_connection: Any) -> None:  # no trip to open a cursor
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = None  # type: ignore[assignment]
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
+        self._description: Any = None
+        self._rowcount = -1
+        self._lastrowid: int | None = None
+
+    @property
+    def description(self) -> Any:
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        return self._lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return 1
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    async def _run(self, operation: Any, parameters: Any, many: bool) -> None:
+        connection = self._connection  # aiosqlite.Connection (private API, pinned range)
+        async with self._adapt_connection._execute_mutex:
+            outcome: _Outcome = await connection._execute(
+                _run_statement, connection._conn, operation, parameters, many
+            )
+        self._description, rows, self._rowcount, self._lastrowid = outcome
+        self._rows = collections.deque(rows)
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        await self._run(operation, parameters, False)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Sequence[Any]) -> Any:
+        await self._run(operation, seq_of_parameters, True)
+
+
+class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = _OneTripCursor
+
+
+class _SqliteModuleAdapter(AsyncAdapt_aiosqlite_dbapi):
+    """SQLAlchemy's aiosqlite adapter, with our error classes and one-trip cursors.
+
+    The stock adapter takes its error classes from ``aiosqlite``, which
+    re-exports the standard ``sqlite3`` ones; with ``pysqlite3`` underneath,
+    errors would then escape SQLAlchemy's wrapping and our error translation.
+    """
+
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        creator_fn = kw.pop("async_creator_fn", None)
+        connection = creator_fn(*arg, **kw) if creator_fn else self.aiosqlite.connect(*arg, **kw)
+        if isinstance(connection, Thread):  # aiosqlite before 0.22
+            connection.daemon = True
+        return _OneTripConnection(self, await_(connection))
 
     def _init_dbapi_attributes(self) -> None:
         super()._init_dbapi_attributes()
