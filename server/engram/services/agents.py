@@ -37,6 +37,7 @@ from engram.services.tool_rules import validate_tool_rules
 from engram.store.errors import NotFoundError, UniqueViolationError
 from engram.store.json_aggregates import as_json, decode_list, json_list
 from engram.store.models import Agent, AgentBlock, AgentTag, AgentTool, Block, Tool
+from engram.store.scoping import prescoped
 from engram.store.types import utc_now
 
 AGENT_TYPES = ("native", "heartbeat")
@@ -203,7 +204,7 @@ def with_links(query: Select[Any], dialect: str) -> Select[Any]:
 @functools.cache
 def _agent_by_id(dialect: str) -> Select[Any]:
     # Built once per dialect: GetAgent is the hottest read.
-    return with_links(select(Agent).where(Agent.id == bindparam("agent_id")), dialect)
+    return prescoped(with_links(select(Agent).where(Agent.id == bindparam("agent_id")), dialect))
 
 
 def _row_created_key(row: Sequence[Any]) -> tuple[str, str]:

@@ -18,13 +18,15 @@ Queries must therefore go through ORM entities; Core statements on bare
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import BindParameter, bindparam, event
+from sqlalchemy import BindParameter, Executable, bindparam, event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
 
 from engram.store.errors import OrganizationScopeError
 from engram.store.models.base import OrganizationScoped
+
+StatementT = TypeVar("StatementT", bound=Executable)
 
 ORGANIZATION_KEY = "engram_organization_id"
 ALL_ORGANIZATIONS_KEY = "engram_all_organizations"
@@ -43,6 +45,21 @@ _SCOPE_CRITERIA = with_loader_criteria(
     lambda cls: cls.organization_id == _SCOPE_BIND,
     include_aliases=True,
 )
+
+
+# Marks a statement that already carries the criteria (see :func:`prescoped`).
+_PRESCOPED = "engram_prescoped"
+
+
+def prescoped(statement: StatementT) -> StatementT:
+    """``statement`` with the organization criteria applied once, ahead of time.
+
+    For statements built once and executed often: the per-execution hook then
+    only supplies the organization parameter, and SQLAlchemy reuses the
+    statement's memoized cache key instead of recomputing it on every call.
+    Run it only in sessions scoped to one organization, which supply the value.
+    """
+    return statement.options(_SCOPE_CRITERIA).execution_options(**{_PRESCOPED: True})
 
 
 class ScopedSession(Session):
@@ -72,7 +89,8 @@ def _add_organization_criteria(state: ORMExecuteState) -> None:
                 "a query on organization-owned rows ran in a session without an organization"
             )
         return
-    state.statement = state.statement.options(_SCOPE_CRITERIA)
+    if not state.execution_options.get(_PRESCOPED):
+        state.statement = state.statement.options(_SCOPE_CRITERIA)
     parameters = state.parameters
     if isinstance(parameters, Mapping) or parameters is None:
         state.parameters = {**(parameters or {}), SCOPE_PARAMETER: organization_id}
