@@ -235,6 +235,15 @@ def _filtered(query: Select[Any], filters: AgentFilters) -> Select[Any]:
     return query
 
 
+def _touch(agent: Agent) -> None:
+    """Record a change to what is attached to ``agent``.
+
+    Its blocks and tools are part of the Agent resource, so attaching or
+    detaching one moves ``update_time`` and, through the version, the etag.
+    """
+    agent.updated_at = utc_now()
+
+
 class AgentService:
     """Agents and what is attached to them."""
 
@@ -408,7 +417,7 @@ class AgentService:
 
     async def attach_block(self, caller: Caller, agent_id: str, block_id: str) -> AgentView:
         async def work(session: AsyncSession) -> None:
-            await load(session, Agent, agent_id, "agent", lock=True)
+            agent = await load(session, Agent, agent_id, "agent", lock=True)
             block = await load(session, Block, block_id, "block")
             links = (
                 await session.scalars(select(AgentBlock).where(AgentBlock.agent_id == agent_id))
@@ -423,19 +432,19 @@ class AgentService:
                     violation_type="LABEL_IN_USE",
                 )
             session.add(AgentBlock(agent_id=agent_id, block_id=block_id, block_label=block.label))
+            _touch(agent)
 
         await self.database.run_transaction(work, caller.organization_id)
         return await self.get(caller, agent_id)
 
     async def detach_block(self, caller: Caller, agent_id: str, block_id: str) -> AgentView:
         async def work(session: AsyncSession) -> None:
-            await load(session, Agent, agent_id, "agent", lock=True)
+            agent = await load(session, Agent, agent_id, "agent", lock=True)
             await load(session, Block, block_id, "block")
-            await session.execute(
-                delete(AgentBlock).where(
-                    AgentBlock.agent_id == agent_id, AgentBlock.block_id == block_id
-                )
-            )
+            link = await session.get(AgentBlock, (agent_id, block_id))
+            if link is not None:
+                await session.delete(link)
+                _touch(agent)
 
         await self.database.run_transaction(work, caller.organization_id)
         return await self.get(caller, agent_id)
@@ -460,24 +469,24 @@ class AgentService:
 
     async def attach_tool(self, caller: Caller, agent_id: str, tool_id: str) -> AgentView:
         async def work(session: AsyncSession) -> None:
-            await load(session, Agent, agent_id, "agent", lock=True)
+            agent = await load(session, Agent, agent_id, "agent", lock=True)
             await load(session, Tool, tool_id, "tool")
             attached = await session.get(AgentTool, (agent_id, tool_id))
             if attached is None:
                 session.add(AgentTool(agent_id=agent_id, tool_id=tool_id))
+                _touch(agent)
 
         await self.database.run_transaction(work, caller.organization_id)
         return await self.get(caller, agent_id)
 
     async def detach_tool(self, caller: Caller, agent_id: str, tool_id: str) -> AgentView:
         async def work(session: AsyncSession) -> None:
-            await load(session, Agent, agent_id, "agent", lock=True)
+            agent = await load(session, Agent, agent_id, "agent", lock=True)
             await load(session, Tool, tool_id, "tool")
-            await session.execute(
-                delete(AgentTool).where(
-                    AgentTool.agent_id == agent_id, AgentTool.tool_id == tool_id
-                )
-            )
+            link = await session.get(AgentTool, (agent_id, tool_id))
+            if link is not None:
+                await session.delete(link)
+                _touch(agent)
 
         await self.database.run_transaction(work, caller.organization_id)
         return await self.get(caller, agent_id)

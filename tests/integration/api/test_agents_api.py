@@ -1892,3 +1892,60 @@ async def test_attach_and_detach_tool(api: ApiHarness) -> None:
     await not_found(attach(echo.name, api.org_b), "agent", agent.id)
     await not_found(detach(base, api.org_b), "agent", agent.id)
     assert list((await get_agent(api.org_a, agent.name)).tools) == list(fewer.tools)
+
+
+async def test_attaching_and_detaching_moves_the_agent_etag(api: ApiHarness) -> None:
+    agents, blocks, tools = api.org_a.agents, api.org_a.blocks, api.org_a.tools
+    agent = await agents.CreateAgent(
+        agent_service_pb2.CreateAgentRequest(
+            agent=agent_pb2.Agent(display_name="etags"), include_base_tools=False
+        )
+    )
+    block = await blocks.CreateBlock(
+        block_service_pb2.CreateBlockRequest(block=block_pb2.Block(label="notes", value="n"))
+    )
+    tool = await tools.CreateTool(
+        tool_service_pb2.CreateToolRequest(
+            tool=tool_pb2.Tool(
+                source_code=(
+                    "def ping(host: str) -> str:\n"
+                    '    """Ping a host.\n\n    Args:\n        host: Where to send it.\n    """\n'
+                    "    return host\n"
+                )
+            )
+        )
+    )
+    etags = [agent.etag]
+    # Calls start when made, so each step is made only when its turn comes.
+    steps = [
+        lambda: agents.AttachBlock(
+            agent_service_pb2.AttachBlockRequest(agent=agent.name, block=block.name)
+        ),
+        lambda: agents.AttachTool(
+            agent_service_pb2.AttachToolRequest(agent=agent.name, tool=tool.name)
+        ),
+        lambda: agents.DetachBlock(
+            agent_service_pb2.DetachBlockRequest(agent=agent.name, block=block.name)
+        ),
+        lambda: agents.DetachTool(
+            agent_service_pb2.DetachToolRequest(agent=agent.name, tool=tool.name)
+        ),
+    ]
+    for step in steps:
+        changed = await step()
+        assert changed.etag not in etags
+        etags.append(changed.etag)
+    # An update with an etag read before an attachment is refused: the agent changed.
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        await agents.UpdateAgent(
+            agent_service_pb2.UpdateAgentRequest(
+                agent=agent_pb2.Agent(name=agent.name, description="late", etag=etags[1]),
+                update_mask=mask("description"),
+            )
+        )
+    assert stale.value.code() == grpc.StatusCode.ABORTED
+    # Detaching what is not attached changes nothing, so the etag stays.
+    unchanged = await agents.DetachBlock(
+        agent_service_pb2.DetachBlockRequest(agent=agent.name, block=block.name)
+    )
+    assert unchanged.etag == etags[-1]
