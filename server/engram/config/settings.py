@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         validation_alias=env("MAX_CONCURRENT_RPCS", legacy=False),
         description="Calls beyond this many at once get RESOURCE_EXHAUSTED; 0 for no limit.",
     )
+    health_check_interval_seconds: float = Field(
+        5.0,
+        ge=0,
+        validation_alias=env("HEALTH_CHECK_INTERVAL_SECONDS", legacy=False),
+        description="How often the database is probed for health; 0 to not probe.",
+    )
     drain_delay_seconds: float = Field(
         1.0,
         ge=0,

@@ -28,6 +28,7 @@ from opentelemetry.metrics import Meter
 
 from engram.config.settings import Settings
 from engram.rpc.application import Application
+from engram.rpc.dependency_watch import DependencyWatch
 from engram.rpc.interceptors import build_interceptors
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,12 @@ class RunningServer:
     service_names: list[str] = field(default_factory=list)
 
     async def set_serving(self) -> None:
+        await self.set_status(health_pb2.HealthCheckResponse.SERVING)
+
+    async def set_status(self, status: int) -> None:
+        """Set the overall status and every Engram service's (all need the database)."""
         for name in (OVERALL_HEALTH, *self.service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def drain(self, drain_delay: float, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
@@ -190,10 +195,21 @@ async def serve(
     except BaseException:
         await running.server.stop(0)
         raise
+    watch: DependencyWatch | None = None
     try:
         await running.set_serving()
+        if app is not None and settings.health_check_interval_seconds > 0:
+            watch = DependencyWatch(
+                app.services.database.ping,
+                running.set_status,
+                interval=settings.health_check_interval_seconds,
+                timeout=max(1.0, settings.health_check_interval_seconds),
+            )
+            watch.start()
         logger.info("serving on port %d", running.port)
         await stop.wait()
+        if watch is not None:
+            await watch.stop()
         logger.info(
             "stopping: draining for %.1fs, then %.1fs of grace for calls in flight",
             settings.drain_delay_seconds,

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from engram.config.database_choice import DatabaseChoice
@@ -66,6 +67,18 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """Run a trivial statement; raises when the database cannot be reached.
+
+        When callers are already queueing for a connection the pool is busy,
+        not the database down (a dead database fails connections instead of
+        holding them), so the probe does not join the queue and reports success.
+        """
+        if getattr(self.engine.pool, "waiting", 0) > 0:
+            return
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
 
     @contextlib.asynccontextmanager
     async def read(
