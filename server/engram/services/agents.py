@@ -24,13 +24,14 @@ from engram.services.base_tools import (
 from engram.services.blocks import (
     BlockView,
     block_views,
+    label_in_use,
     new_block,
     update_block_row,
     validate_block_fields,
 )
 from engram.services.caller import Caller
 from engram.services.common import check_etag, load
-from engram.services.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
+from engram.services.errors import FieldViolation, InvalidArgumentError
 from engram.services.idempotency import create_once
 from engram.services.pagination import by_key, created_key, cut_page, oldest_first, page_request
 from engram.services.tool_rules import validate_tool_rules
@@ -425,12 +426,7 @@ class AgentService:
             if any(link.block_id == block_id for link in links):
                 return
             if any(link.block_label == block.label for link in links):
-                raise FailedPreconditionError(
-                    f"agents/{agent_id} already has a block labelled {block.label!r}; "
-                    "detach it first",
-                    subject=f"agents/{agent_id}",
-                    violation_type="LABEL_IN_USE",
-                )
+                raise label_in_use(agent_id, block.label)
             session.add(AgentBlock(agent_id=agent_id, block_id=block_id, block_label=block.label))
             _touch(agent)
 

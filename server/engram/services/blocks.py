@@ -114,6 +114,15 @@ async def block_views(session: AsyncSession, blocks: Sequence[Block]) -> list[Bl
     return [BlockView(block, links[block.id]) for block in blocks]
 
 
+def label_in_use(agent_id: str, label: str) -> FailedPreconditionError:
+    """The refusal when ``agent_id`` already has another block labelled ``label``."""
+    return FailedPreconditionError(
+        f"agents/{agent_id} already has a block labelled {label!r}; detach or relabel it first",
+        subject=f"agents/{agent_id}",
+        violation_type="LABEL_IN_USE",
+    )
+
+
 async def update_block_row(
     session: AsyncSession, block: Block, changes: Mapping[str, Any], etag: str, prefix: str
 ) -> None:
@@ -125,6 +134,14 @@ async def update_block_row(
         links = (
             await session.scalars(select(AgentBlock).where(AgentBlock.block_id == block.id))
         ).all()
+        clash = await session.scalar(
+            select(AgentBlock.agent_id).where(
+                AgentBlock.agent_id.in_([link.agent_id for link in links]),
+                AgentBlock.block_label == clean["label"],
+            )
+        )
+        if clash is not None:
+            raise label_in_use(clash, clean["label"])
         for link in links:
             link.block_label = clean["label"]
     apply_block_fields(block, clean)

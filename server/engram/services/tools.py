@@ -61,6 +61,15 @@ def _schema_from(values: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
     return derived.name, derived.description, derived.json_schema
 
 
+def _name_taken(error: UniqueViolationError, message: str) -> UniqueViolationError:
+    """The store's unique violation with a message that says what the caller should do."""
+    if error.constraint and "name" not in error.constraint:
+        return error
+    return UniqueViolationError(
+        message, table=error.table, constraint=error.constraint, columns=error.columns
+    )
+
+
 def refuse_built_in_name(name: str) -> None:
     """Custom tools may not take a built-in tool's name.
 
@@ -142,11 +151,8 @@ class ToolService:
             )
         except UniqueViolationError as error:
             name = _schema_from(clean)[0]
-            raise UniqueViolationError(
-                f"a tool named {name!r} already exists; use UpsertTool to replace it",
-                table=error.table,
-                constraint=error.constraint,
-                columns=error.columns,
+            raise _name_taken(
+                error, f"a tool named {name!r} already exists; use UpsertTool to replace it"
             ) from error
         return await self.get(caller, tool_id)
 
@@ -224,7 +230,14 @@ class ToolService:
                 refuse_built_in_name(tool.name)
             tool.updated_at = utc_now()
 
-        await self.database.run_transaction(work, caller.organization_id)
+        try:
+            await self.database.run_transaction(work, caller.organization_id)
+        except UniqueViolationError as error:
+            raise _name_taken(
+                error,
+                "the new source or schema renames the tool to a name another tool of the "
+                "organization already has",
+            ) from error
         return await self.get(caller, tool_id)
 
     async def delete(self, caller: Caller, tool_id: str, etag: str) -> None:

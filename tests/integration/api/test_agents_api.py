@@ -1655,12 +1655,14 @@ async def test_update_agent_block_rename_onto_a_taken_label_is_refused(api: ApiH
                     agent=target.name, label=label, block=block_pb2.Block(label="notes")
                 )
             ),
-            grpc.StatusCode.ALREADY_EXISTS,
-            "ALREADY_EXISTS",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "FAILED_PRECONDITION",
         )
-        info = unpack_detail(status, error_details_pb2.ErrorInfo)
-        assert info is not None
-        assert info.metadata["constraint"] == "uq_agent_blocks_agent_id_block_label"
+        # The same refusal as attaching a block whose label the agent already uses.
+        failure_detail = unpack_detail(status, error_details_pb2.PreconditionFailure)
+        assert failure_detail is not None
+        assert failure_detail.violations[0].type == "LABEL_IN_USE"
+        assert "already has a block labelled 'notes'" in status.message
 
     assert await agent_block_labels(api.org_a, agent.name) == ["human", "notes"]
     assert await agent_block_labels(api.org_a, first.name) == ["team"]

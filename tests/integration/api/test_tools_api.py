@@ -552,6 +552,7 @@ async def test_update_renaming_onto_an_existing_name_already_exists(api: ApiHarn
     )
 
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "another tool of the organization already has" in (error.details() or "")
     assert (await get_tool(api.org_a, greet.name)).tool_name == "greet"
 
 
