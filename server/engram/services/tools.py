@@ -22,6 +22,7 @@ from engram.services.pagination import by_key, cut_page, page_request
 from engram.services.tool_schema import MAX_TOOL_NAME_LENGTH, derive_tool_schema
 from engram.store.database import Database
 from engram.store.errors import UniqueViolationError
+from engram.store.json_filters import json_list_has_any
 from engram.store.models import Tool
 from engram.store.models.tools import DEFAULT_RETURN_CHAR_LIMIT
 from engram.store.types import utc_now
@@ -194,15 +195,13 @@ class ToolService:
         query = select(Tool)
         if tool_name:
             query = query.where(Tool.name == tool_name)
+        if tags:
+            query = query.where(
+                json_list_has_any(self.database.engine.dialect.name, Tool.tags, tags)
+            )
         async with self.database.read(caller.organization_id) as session:
             rows = (await session.scalars(by_key(query, Tool.name, Tool, page))).all()
-        tools, token = cut_page(rows, page, lambda tool: (tool.name, tool.id))
-        if tags:
-            # Tags live in a JSON list; filtering the page in Python keeps both engines
-            # alike. A page may then hold fewer tools than asked (AIP-158 allows it).
-            wanted = set(tags)
-            tools = [tool for tool in tools if wanted & set(tool.tags)]
-        return tools, token
+        return cut_page(rows, page, lambda tool: (tool.name, tool.id))
 
     async def update(
         self, caller: Caller, tool_id: str, changes: Mapping[str, Any], etag: str

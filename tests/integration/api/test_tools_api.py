@@ -447,6 +447,26 @@ async def test_list_filters_by_any_tag(api: ApiHarness) -> None:
     ]
 
 
+async def test_tag_filter_fills_every_page(api: ApiHarness) -> None:
+    # Untagged tools sort between the tagged ones: filtering must happen before paging,
+    # or the pages would come back short or empty.
+    for name in ("alpha", "bravo", "charlie", "delta", "echo"):
+        tags = ["pick"] if name in ("alpha", "echo") else ["other"]
+        await create_tool(api.org_a, greeting_source(name=name), tags=tags)
+
+    first = await api.org_a.tools.ListTools(
+        tool_service_pb2.ListToolsRequest(tags=["pick"], page_size=1)
+    )
+    second = await api.org_a.tools.ListTools(
+        tool_service_pb2.ListToolsRequest(
+            tags=["pick"], page_size=1, page_token=first.next_page_token
+        )
+    )
+    assert [tool.tool_name for tool in first.tools] == ["alpha"]
+    assert [tool.tool_name for tool in second.tools] == ["echo"]
+    assert second.next_page_token == ""
+
+
 async def test_list_token_with_a_different_filter_is_refused(api: ApiHarness) -> None:
     for name in ("alpha", "bravo"):
         await create_tool(api.org_a, greeting_source(name=name))
