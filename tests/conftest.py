@@ -26,6 +26,7 @@ from engram.config.settings import Settings
 from engram.store.database import Database
 from engram.store.engine import create_engine
 from engram.store.migrations import upgrade
+from support.fake_provider import FakeProvider, start_fake_provider
 from support.postgres import EmbeddedPostgres, start_embedded_postgres
 from support.redis import RedisServer, find_or_start_redis
 
@@ -132,3 +133,17 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.dispose()
+
+
+@pytest.fixture
+def fake_provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProvider]:
+    """A scripted OpenAI/Anthropic-compatible HTTP server for the real SDKs to call."""
+    # httpx honours proxy variables; a developer's proxy must not swallow 127.0.0.1.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    provider = start_fake_provider()
+    try:
+        yield provider
+    finally:
+        provider.stop()
