@@ -25,3 +25,19 @@ def test_secret_reasons_are_in_the_catalog() -> None:
     }
     assert reasons
     assert reasons <= catalog()
+
+
+def test_provider_reasons_are_in_the_catalog_and_mapped() -> None:
+    from engram.adapters.llm import errors as provider_errors
+    from engram.adapters.llm import registry
+    from engram.rpc.errors import MAPPED_REASONS
+
+    reasons = {
+        cls.reason
+        for module in (provider_errors, registry)
+        for cls in vars(module).values()
+        if isinstance(cls, type) and issubclass(cls, provider_errors.ProviderError)
+    }
+    assert len(reasons) == 8
+    assert reasons <= catalog()
+    assert reasons <= MAPPED_REASONS

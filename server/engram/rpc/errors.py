@@ -26,6 +26,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from engram.adapters.llm.errors import ProviderError, ProviderRateLimitedError
 from engram.secrets.errors import SecretsError
 from engram.services.errors import (
     FailedPreconditionError,
@@ -106,13 +107,21 @@ _RULES: Mapping[str, _Rule] = {
     "INVALID_PAGE_TOKEN": _Rule(code_pb2.INVALID_ARGUMENT),
     INTERNAL_REASON: _Rule(code_pb2.INTERNAL, log_level=logging.ERROR),
     "OVERLOADED": _Rule(code_pb2.RESOURCE_EXHAUSTED, retry=True, log_level=logging.INFO),
+    "PROVIDER_AUTH_FAILED": _Rule(code_pb2.FAILED_PRECONDITION, log_level=logging.WARNING),
+    "PROVIDER_RATE_LIMITED": _Rule(code_pb2.RESOURCE_EXHAUSTED, retry=True, log_level=logging.INFO),
+    "PROVIDER_UNAVAILABLE": _Rule(code_pb2.UNAVAILABLE, retry=True, log_level=logging.WARNING),
+    "PROVIDER_TIMEOUT": _Rule(code_pb2.DEADLINE_EXCEEDED, retry=True, log_level=logging.WARNING),
+    "PROVIDER_REJECTED_REQUEST": _Rule(code_pb2.FAILED_PRECONDITION, log_level=logging.WARNING),
+    "CONTEXT_WINDOW_EXCEEDED": _Rule(code_pb2.FAILED_PRECONDITION, log_level=logging.INFO),
+    "PROVIDER_NOT_CONFIGURED": _Rule(code_pb2.FAILED_PRECONDITION),
+    "INVALID_PROVIDER_RESPONSE": _Rule(code_pb2.UNAVAILABLE, retry=True, log_level=logging.WARNING),
 }
 
 MAPPED_REASONS = frozenset(_RULES)
 """Every catalog reason :func:`status_for` can put in an ``ErrorInfo``."""
 
 _UNEXPECTED = _RULES[INTERNAL_REASON]
-_KNOWN_ERRORS = (StoreError, SecretsError, ServiceError, OverloadedError)
+_KNOWN_ERRORS = (StoreError, SecretsError, ServiceError, OverloadedError, ProviderError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +233,19 @@ def _details_for(
         # The catalog promises the violation on the request field, whatever
         # part of the source (docstring, annotation) the parser blamed.
         extra.append(_bad_request([(TOOL_SOURCE_FIELD, message)]))
+    elif isinstance(error, ProviderError):
+        metadata = {"provider": error.provider}
     elif reason == "CONCURRENT_UPDATE" and hasattr(error, "resource_name"):
         metadata = {"resource": str(error.resource_name)}
     return metadata, extra
+
+
+def _retry_delay(error: BaseException) -> duration_pb2.Duration:
+    """The provider's own advice when it gave one, else our default delay."""
+    delay = duration_pb2.Duration(seconds=RETRY_DELAY_SECONDS)
+    if isinstance(error, ProviderRateLimitedError) and error.retry_after:
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+    return delay
 
 
 def _internal_message(correlation_id: str) -> str:
@@ -252,11 +271,7 @@ def map_error(error: BaseException, *, correlation_id: str) -> MappedError:
         message = str(error) or reason.replace("_", " ").lower()
         metadata, extra = _details_for(error, reason, message)
     if rule.retry:
-        extra.append(
-            error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(seconds=RETRY_DELAY_SECONDS)
-            )
-        )
+        extra.append(error_details_pb2.RetryInfo(retry_delay=_retry_delay(error)))
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
     status = status_pb2.Status(
         code=rule.code,

@@ -30,6 +30,14 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
     INTERNAL: _ClassVar[ErrorReason]
     OVERLOADED: _ClassVar[ErrorReason]
+    PROVIDER_AUTH_FAILED: _ClassVar[ErrorReason]
+    PROVIDER_RATE_LIMITED: _ClassVar[ErrorReason]
+    PROVIDER_UNAVAILABLE: _ClassVar[ErrorReason]
+    PROVIDER_TIMEOUT: _ClassVar[ErrorReason]
+    PROVIDER_REJECTED_REQUEST: _ClassVar[ErrorReason]
+    CONTEXT_WINDOW_EXCEEDED: _ClassVar[ErrorReason]
+    INVALID_PROVIDER_RESPONSE: _ClassVar[ErrorReason]
+    PROVIDER_NOT_CONFIGURED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 NOT_FOUND: ErrorReason
 ALREADY_EXISTS: ErrorReason
@@ -54,3 +62,11 @@ INVALID_TOOL_SOURCE: ErrorReason
 INVALID_PAGE_TOKEN: ErrorReason
 INTERNAL: ErrorReason
 OVERLOADED: ErrorReason
+PROVIDER_AUTH_FAILED: ErrorReason
+PROVIDER_RATE_LIMITED: ErrorReason
+PROVIDER_UNAVAILABLE: ErrorReason
+PROVIDER_TIMEOUT: ErrorReason
+PROVIDER_REJECTED_REQUEST: ErrorReason
+CONTEXT_WINDOW_EXCEEDED: ErrorReason
+INVALID_PROVIDER_RESPONSE: ErrorReason
+PROVIDER_NOT_CONFIGURED: ErrorReason

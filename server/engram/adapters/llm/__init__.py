@@ -1,0 +1,1 @@
+"""LLM provider adapters: one neutral call shape, translated to each provider's SDK."""
