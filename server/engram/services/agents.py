@@ -35,7 +35,7 @@ from engram.services.errors import FieldViolation, InvalidArgumentError
 from engram.services.idempotency import create_once
 from engram.services.pagination import by_key, created_key, cut_page, oldest_first, page_request
 from engram.services.tool_rules import validate_tool_rules
-from engram.store.errors import NotFoundError, UniqueViolationError
+from engram.store.errors import NotFoundError
 from engram.store.json_aggregates import as_json, decode_list, json_list
 from engram.store.models import Agent, AgentBlock, AgentTag, AgentTool, Block, Tool
 from engram.store.scoping import prescoped
@@ -46,8 +46,6 @@ DEFAULT_AGENT_TYPE = "native"
 DISPLAY_NAME = re.compile(r"^[\w '\-]{1,200}$")
 MODEL_HANDLE = re.compile(r"^[^/\s]+/\S+$")
 MAX_TAG_LENGTH = 200
-# The unique tool name per organization, which racing first registrations of a base tool hit.
-TOOL_NAME_CONSTRAINT = "uq_tools_organization_id_name"
 UPDATABLE_FIELDS = frozenset(
     {
         "display_name",
@@ -292,18 +290,9 @@ class AgentService:
                 session.add(AgentTool(agent_id=agent.id, tool_id=tool_id))
             return agent.id
 
-        try:
-            agent_id = await create_once(
-                self.database, caller.organization_id, "CreateAgent", request_id, create
-            )
-        except UniqueViolationError as error:
-            # Concurrent first agents of an organization race to register its base
-            # tools; the loser rolled back, and a second try finds the winner's.
-            if error.constraint != TOOL_NAME_CONSTRAINT:
-                raise
-            agent_id = await create_once(
-                self.database, caller.organization_id, "CreateAgent", request_id, create
-            )
+        agent_id = await create_once(
+            self.database, caller.organization_id, "CreateAgent", request_id, create
+        )
         return await self.get(caller, agent_id)
 
     async def get(self, caller: Caller, agent_id: str) -> AgentView:

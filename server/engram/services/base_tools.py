@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.store.models import Tool
@@ -136,22 +137,37 @@ DEFAULT_TOOLS_BY_AGENT_TYPE: dict[str, tuple[str, ...]] = {
 
 
 async def ensure_base_tools(session: AsyncSession, names: tuple[str, ...]) -> dict[str, str]:
-    """Register the named base tools in the session's organization if missing; name -> id."""
+    """Register the named base tools in the session's organization if missing; name -> id.
+
+    Two first agents of an organization may register the same base tool at
+    once.  Each insert runs in a savepoint, so the loser of that race keeps
+    its transaction: it rolls back only the insert, then reads the winner's
+    row (committed by then, since the unique index made it wait).
+    """
     existing = {
         tool.name: tool.id
         for tool in (await session.scalars(select(Tool).where(Tool.name.in_(names)))).all()
     }
     for name in names:
-        if name in existing:
-            continue
-        base = BASE_TOOLS[name]
-        tool = Tool(
-            name=base.name,
-            description=base.description,
-            tool_type=base.kind,
-            json_schema=base.json_schema,
-        )
-        session.add(tool)
-        await session.flush()
-        existing[name] = tool.id
+        if name not in existing:
+            existing[name] = await _register(session, BASE_TOOLS[name])
     return existing
+
+
+async def _register(session: AsyncSession, base: BaseTool) -> str:
+    tool = Tool(
+        name=base.name,
+        description=base.description,
+        tool_type=base.kind,
+        json_schema=base.json_schema,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(tool)
+            await session.flush()
+        return tool.id
+    except IntegrityError:
+        winner = (await session.scalars(select(Tool).where(Tool.name == base.name))).first()
+        if winner is None:
+            raise
+        return winner.id
