@@ -1,0 +1,421 @@
+"""One agent turn: call the model, run its tools, obey its rules, until the turn ends.
+
+This is the loop at the heart of the runtime, kept free of storage and of
+gRPC: it takes the conversation so far, a provider, the agent's tools and its
+core memory, and yields what happens as it happens.  The caller persists the
+new messages and the changed memory blocks, and turns the events into the
+stream a client sees.
+
+Two loop contracts exist, chosen by the agent's type:
+
+* **native**: the model may answer in plain text; a tool call continues the
+  loop, and an answer without a tool call ends the turn;
+* **heartbeat**: the model talks to the user only through ``send_message``,
+  and the loop continues only when a tool call asks for it with
+  ``request_heartbeat``; plain text without a tool call is an error the model
+  is told about (it does not reach the user).
+
+Tool rules apply to both (see :mod:`tool_rule_solver`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from engram.adapters.llm.chat import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    Completed,
+    FinishReason,
+    ReasoningDelta,
+    Role,
+    TextDelta,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
+from engram.adapters.llm.registry import LLMProvider
+from engram.services.runtime.core_memory import (
+    MEMORY_TOOL_NAMES,
+    CoreMemory,
+    MemoryToolError,
+    run_memory_tool,
+)
+from engram.services.runtime.tool_rule_solver import (
+    Continuation,
+    ToolRuleSolver,
+    violation_message,
+)
+
+SEND_MESSAGE = "send_message"
+HEARTBEAT_ARGUMENT = "request_heartbeat"
+DEFAULT_MAX_STEPS = 50
+
+# What the model is told, in our own words.
+NO_TOOL_CALL_NOTICE = (
+    "Your last reply was plain text, which the user does not see. Speak to the user with "
+    "send_message, or call another tool."
+)
+HEARTBEAT_NOTICE = "You asked to continue after your tool call; go on."
+RULE_CONTINUE_NOTICE = "A tool rule requires you to continue; go on."
+
+
+class LoopContract(enum.StrEnum):
+    NATIVE = "native"
+    HEARTBEAT = "heartbeat"
+
+
+class StopReason(enum.StrEnum):
+    END_TURN = "end_turn"
+    MAX_STEPS = "max_steps"
+    TOOL_RULE = "tool_rule"
+    REQUIRES_APPROVAL = "requires_approval"
+    MAX_TOKENS_EXCEEDED = "max_tokens_exceeded"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class RuntimeTool:
+    """A tool as the loop offers it: its schema and how long its output may be."""
+
+    spec: ToolSpec
+    return_char_limit: int = 50_000
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    text: str
+    ok: bool = True
+
+
+# Runs a tool the loop does not run itself (custom tools, search): (name, arguments) -> outcome.
+ToolRunner = Callable[[str, Mapping[str, Any]], Awaitable[ToolOutcome]]
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    model: str
+    contract: LoopContract
+    max_steps: int = DEFAULT_MAX_STEPS
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    reasoning_effort: str = ""
+    parallel_tool_calls: bool = False
+    stream_tokens: bool = False
+
+
+# --- events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    step: int
+
+
+@dataclass(frozen=True)
+class ReasoningEvent:
+    text: str
+    delta: bool = False  # a piece of the text (token streaming), not the whole
+
+
+@dataclass(frozen=True)
+class AssistantEvent:
+    text: str
+    delta: bool = False
+
+
+@dataclass(frozen=True)
+class ToolCallEvent:
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class ToolReturnEvent:
+    call_id: str
+    name: str
+    text: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ApprovalRequestEvent:
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    step: int
+    result: ChatResult
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    stop_reason: StopReason
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+TurnEvent = (
+    StepStarted
+    | ReasoningEvent
+    | AssistantEvent
+    | ToolCallEvent
+    | ToolReturnEvent
+    | ApprovalRequestEvent
+    | StepFinished
+    | TurnFinished
+)
+
+
+@dataclass
+class Turn:
+    """The state of one turn; ``new_messages`` is what the caller must persist."""
+
+    settings: TurnSettings
+    provider: LLMProvider
+    tools: Sequence[RuntimeTool]
+    memory: CoreMemory
+    solver: ToolRuleSolver
+    run_tool: ToolRunner
+    history: list[ChatMessage]
+    cancelled: Callable[[], bool] = lambda: False
+    new_messages: list[ChatMessage] = field(default_factory=list)
+
+    def append(self, message: ChatMessage) -> None:
+        self.history.append(message)
+        self.new_messages.append(message)
+
+
+def with_heartbeat_argument(spec: ToolSpec) -> ToolSpec:
+    """The schema with a required ``request_heartbeat`` flag (heartbeat contract)."""
+    parameters = dict(spec.parameters)
+    properties = dict(parameters.get("properties", {}))
+    properties[HEARTBEAT_ARGUMENT] = {
+        "type": "boolean",
+        "description": "True to keep working after this tool returns; false to end your turn.",
+    }
+    required = [*parameters.get("required", []), HEARTBEAT_ARGUMENT]
+    return replace(spec, parameters={**parameters, "properties": properties, "required": required})
+
+
+def package_return(outcome: ToolOutcome, limit: int) -> str:
+    """The tool result as the model reads it, cut to the tool's return limit."""
+    text = outcome.text
+    if len(text) > limit:
+        text = text[:limit] + f"... [cut to {limit} characters]"
+    return json.dumps({"status": "ok" if outcome.ok else "error", "result": text})
+
+
+async def run_turn(turn: Turn) -> AsyncIterator[TurnEvent]:
+    """Run steps until the turn ends; the last event is :class:`TurnFinished`."""
+    turn.solver.reset()
+    prompt_tokens = completion_tokens = 0
+    step = 0
+    stop: StopReason | None = None
+    while stop is None:
+        if turn.cancelled():
+            stop = StopReason.CANCELLED
+            break
+        step += 1
+        yield StepStarted(step)
+        result: ChatResult | None = None
+        async for event in _call_model(turn, step):
+            if isinstance(event, ChatResult):
+                result = event
+            else:
+                yield event
+        assert result is not None
+        prompt_tokens += result.usage.prompt_tokens
+        completion_tokens += result.usage.completion_tokens
+        yield StepFinished(step, result)
+        outcome: list[TurnEvent] = []
+        stop = await _after_step(turn, result, step, outcome)
+        for event in outcome:
+            yield event
+    yield TurnFinished(stop, step, prompt_tokens, completion_tokens)
+
+
+def _offered_tools(turn: Turn) -> tuple[list[ToolSpec], ToolChoice]:
+    names = [tool.spec.name for tool in turn.tools]
+    allowed = turn.solver.allowed_tools(names)
+    terminal = turn.solver.terminal_tools()
+    specs = []
+    for tool in turn.tools:
+        if tool.spec.name not in allowed.names:
+            continue
+        spec = tool.spec
+        if turn.settings.contract is LoopContract.HEARTBEAT and spec.name not in terminal:
+            spec = with_heartbeat_argument(spec)
+        specs.append(spec)
+    # A native agent may always answer in plain text, so a tool is forced on it
+    # only when its rules narrowed the choice to one; a heartbeat agent must
+    # call a tool anyway, so its only tool is forced too (as in the reference).
+    narrowed = len(allowed.names) < len(names)
+    if allowed.forced and (narrowed or turn.settings.contract is LoopContract.HEARTBEAT):
+        return specs, ToolChoice("tool", allowed.forced)
+    if turn.settings.contract is LoopContract.HEARTBEAT and specs:
+        return specs, ToolChoice("required")
+    return specs, ToolChoice("auto")
+
+
+async def _call_model(turn: Turn, step: int) -> AsyncIterator[TurnEvent | ChatResult]:
+    specs, choice = _offered_tools(turn)
+    settings = turn.settings
+    request = ChatRequest(
+        model=settings.model,
+        messages=list(turn.history),
+        tools=specs,
+        tool_choice=choice if specs else ToolChoice("auto"),
+        # Tool rules reason about one call at a time, so they rule out parallel calls.
+        parallel_tool_calls=(settings.parallel_tool_calls and not turn.solver.rules)
+        if specs
+        else None,
+        temperature=settings.temperature,
+        max_output_tokens=settings.max_output_tokens,
+        reasoning_effort=settings.reasoning_effort,
+    )
+    if not settings.stream_tokens:
+        yield await turn.provider.complete(request)
+        return
+    async for event in turn.provider.stream(request):
+        if isinstance(event, ReasoningDelta):
+            yield ReasoningEvent(event.text, delta=True)
+        elif isinstance(event, TextDelta) and settings.contract is LoopContract.NATIVE:
+            yield AssistantEvent(event.text, delta=True)
+        elif isinstance(event, Completed):
+            yield event.result
+
+
+async def _after_step(
+    turn: Turn, result: ChatResult, step: int, events: list[TurnEvent]
+) -> StopReason | None:
+    """Record the model's answer, run its tools, and say whether the turn stops."""
+    last_step = step >= turn.settings.max_steps
+    streamed = turn.settings.stream_tokens
+    if result.reasoning is not None and result.reasoning.text and not streamed:
+        events.append(ReasoningEvent(result.reasoning.text))
+    turn.append(
+        ChatMessage(
+            Role.ASSISTANT,
+            result.content,
+            tool_calls=tuple(result.tool_calls),
+            reasoning=result.reasoning,
+        )
+    )
+    if not result.tool_calls:
+        return _after_text(turn, result, last_step, events)
+    decision: Continuation | None = None
+    calls = list(result.tool_calls)
+    for index, call in enumerate(calls):
+        events.append(ToolCallEvent(call))
+        if turn.solver.requires_approval(call.name):
+            events.append(ApprovalRequestEvent(call))
+            # The approved (or denied) call gets its result later; calls after it in
+            # the same answer are closed now, so the history stays well formed.
+            for skipped in calls[index + 1 :]:
+                _close_unrun(turn, skipped, call.name, events)
+            return StopReason.REQUIRES_APPROVAL
+        decision = await _run_call(turn, call, last_step, events)
+    assert decision is not None
+    if decision.continue_:
+        if turn.settings.contract is LoopContract.HEARTBEAT:
+            notice = decision.reason or HEARTBEAT_NOTICE
+            turn.append(ChatMessage(Role.USER, notice))
+        return None
+    return StopReason(decision.stop_reason or StopReason.END_TURN)
+
+
+def _after_text(
+    turn: Turn, result: ChatResult, last_step: bool, events: list[TurnEvent]
+) -> StopReason | None:
+    if turn.settings.contract is LoopContract.NATIVE:
+        if result.content and not turn.settings.stream_tokens:
+            events.append(AssistantEvent(result.content))
+        if result.finish_reason is FinishReason.LENGTH:
+            return StopReason.MAX_TOKENS_EXCEEDED
+        decision = turn.solver.decide_native_continuation(None, last_step)
+        if decision.continue_:
+            turn.append(ChatMessage(Role.USER, decision.reason or RULE_CONTINUE_NOTICE))
+            return None
+        return StopReason(decision.stop_reason or StopReason.END_TURN)
+    # Heartbeat contract: text is not a way to talk to the user.
+    if last_step:
+        return StopReason.MAX_STEPS
+    turn.append(ChatMessage(Role.USER, NO_TOOL_CALL_NOTICE))
+    return None
+
+
+def _close_unrun(turn: Turn, call: ToolCall, waiting_for: str, events: list[TurnEvent]) -> None:
+    text = f"Not run: the turn paused for approval of {waiting_for}."
+    events.append(ToolReturnEvent(call.id, call.name, text, ok=False))
+    turn.append(
+        ChatMessage(
+            Role.TOOL,
+            package_return(ToolOutcome(text, ok=False), 50_000),
+            tool_call_id=call.id,
+            name=call.name,
+        )
+    )
+
+
+async def _run_call(
+    turn: Turn, call: ToolCall, last_step: bool, events: list[TurnEvent]
+) -> Continuation:
+    names = [tool.spec.name for tool in turn.tools]
+    allowed = turn.solver.allowed_tools(names)
+    heartbeat = False
+    violated = call.name not in allowed.names
+    if violated:
+        outcome = ToolOutcome(violation_message(call.name, list(allowed.names)), ok=False)
+    else:
+        try:
+            arguments = call.parsed_arguments()
+        except ValueError:
+            arguments = None
+        if arguments is None:
+            outcome = ToolOutcome("The arguments are not a valid JSON object.", ok=False)
+        else:
+            heartbeat = bool(arguments.pop(HEARTBEAT_ARGUMENT, False))
+            outcome = await _execute(turn, call.name, arguments, events)
+            turn.solver.record_call(call.name, outcome.text)
+    limit = next((t.return_char_limit for t in turn.tools if t.spec.name == call.name), 50_000)
+    events.append(ToolReturnEvent(call.id, call.name, outcome.text, outcome.ok))
+    turn.append(
+        ChatMessage(
+            Role.TOOL,
+            package_return(outcome, limit),
+            tool_call_id=call.id,
+            name=call.name,
+        )
+    )
+    available = [tool.spec.name for tool in turn.tools]
+    if turn.settings.contract is LoopContract.NATIVE:
+        return turn.solver.decide_native_continuation(
+            call.name, last_step, rule_violated=violated, available=available
+        )
+    return turn.solver.decide_continuation(
+        call.name, heartbeat, last_step, rule_violated=violated, available=available
+    )
+
+
+async def _execute(
+    turn: Turn, name: str, arguments: dict[str, Any], events: list[TurnEvent]
+) -> ToolOutcome:
+    if name == SEND_MESSAGE:
+        message = arguments.get("message")
+        if not isinstance(message, str):
+            return ToolOutcome("The argument 'message' must be a string.", ok=False)
+        events.append(AssistantEvent(message))
+        return ToolOutcome("The user has your message.")
+    if name in MEMORY_TOOL_NAMES:
+        try:
+            return ToolOutcome(run_memory_tool(turn.memory, name, arguments))
+        except MemoryToolError as error:
+            return ToolOutcome(error.message, ok=False)
+    return await turn.run_tool(name, arguments)
