@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engram.store.ids import IdPrefix
@@ -34,6 +34,11 @@ class Agent(PrefixedId, Timestamped, OrganizationScoped, Base):
         "metadata", JsonDocument, nullable=False, default=dict
     )
     message_buffer_autoclear: Mapped[bool] = mapped_column(nullable=False, default=False)
+    # The agent's in-context buffer is its messages from this sequence number on
+    # (the system message is compiled for each turn, not stored).
+    context_start_sequence: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
     # Bumped on every update; exposed as the etag for optimistic concurrency.
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
 

@@ -1,0 +1,1051 @@
+"""Messages and turns: a user sends a message, the agent runs a turn, and all of it is kept.
+
+:func:`engram.services.runtime.turn.run_turn` knows nothing of storage; this
+service gives it the agent's state and writes back what the turn did:
+
+* the **buffer** the model sees is a system message compiled afresh for every
+  turn (prompt, core memory, tool rules, statistics; never stored) plus the
+  agent's messages from ``Agent.context_start_sequence`` on, in sequence
+  order.  Only the buffer is read, so a turn costs the same after a thousand
+  messages as after ten; older messages stay searchable with
+  ``conversation_search`` and listable with :meth:`MessageService.list_messages`;
+* a **run** row exists for every turn, created (``running``) before anything
+  else and closed with a status and a stop reason however the turn ends;
+* after each **step** (one model call and the tools it asked for) one
+  transaction stores the step's messages, a step row with the token usage,
+  and the memory blocks the step changed.  A step is stored whole or not at
+  all: a turn that fails half-way through a step leaves the history as it was
+  after the previous step, never an assistant tool call without its result.
+
+One agent runs one turn at a time: an in-process lock refuses a second turn
+at once, and a ``running`` run in the database refuses it when another
+server process holds the agent.  The lock only works if the process keeps a
+single :class:`MessageService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engram.adapters.llm.chat import ChatMessage, ChatResult, Reasoning, Role, ToolCall, ToolSpec
+from engram.adapters.llm.errors import ProviderError
+from engram.adapters.llm.registry import LLMProvider, ProviderRegistry
+from engram.services.blocks import new_block
+from engram.services.caller import Caller
+from engram.services.common import load
+from engram.services.errors import FailedPreconditionError, InvalidArgumentError
+from engram.services.pagination import (
+    InvalidPageTokenError,
+    PageRequest,
+    created_key,
+    cut_page,
+    oldest_first,
+    page_request,
+)
+from engram.services.runtime.core_memory import CoreMemory, MemoryBlockState
+from engram.services.runtime.memory_prompt import compile_system_message, render_memory_statistics
+from engram.services.runtime.tool_rule_solver import ToolRuleSolver
+from engram.services.runtime.turn import (
+    DEFAULT_MAX_STEPS,
+    LoopContract,
+    RuntimeTool,
+    StepFinished,
+    StepStarted,
+    StopReason,
+    ToolOutcome,
+    ToolRunner,
+    Turn,
+    TurnEvent,
+    TurnFinished,
+    TurnSettings,
+    package_return,
+    run_turn,
+)
+from engram.store.database import Database
+from engram.store.models import (
+    Agent,
+    AgentBlock,
+    AgentTool,
+    ArchiveAgent,
+    Block,
+    Message,
+    Passage,
+    Run,
+    Step,
+    Tool,
+)
+from engram.store.models.tools import DEFAULT_RETURN_CHAR_LIMIT
+from engram.store.types import utc_now
+
+logger = logging.getLogger(__name__)
+
+# Run and step statuses.
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+# Stop reasons of runs that did not end by the loop's own decision.
+STOP_ERROR = "error"
+STOP_LLM_API_ERROR = "llm_api_error"
+
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+# The ``name`` of user-role messages the runtime wrote (heartbeat and rule
+# notices), which tells them apart from what the person typed.
+RUNTIME_AUTHOR = "engram"
+
+# A running run whose last checkpoint is older than this belongs to a process
+# that died; it no longer keeps the agent busy.  One step, retries included,
+# takes well under this (provider timeout 300 s, two retries).
+ABANDONED_AFTER = timedelta(minutes=30)
+
+CONVERSATION_SEARCH = "conversation_search"
+SEARCH_DEFAULT_LIMIT = 5  # what the tool's description promises the model
+SEARCH_MAX_LIMIT = 20
+CUSTOM_TOOL_UNAVAILABLE = "custom tools cannot run yet on this server"
+UNANSWERED_CALL_NOTICE = "Not run: the user sent a new message before this call was approved."
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The first event of every turn: the run exists, under this id."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One event of a turn, tagged with its run so a client can follow several."""
+
+    run_id: str
+    event: RunStarted | TurnEvent
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run with the token usage of its steps, summed."""
+
+    run: Run
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    step_count: int = 0
+
+
+# --- the service -----------------------------------------------------------------------
+
+
+class MessageService:
+    """Sending messages to agents, and reading back their history, runs and steps."""
+
+    def __init__(self, database: Database, providers: ProviderRegistry) -> None:
+        self.database = database
+        self.providers = providers
+        # Agents with a turn in progress in this process.  Only ever try-acquired,
+        # so no task waits on one and an entry can go as soon as it is released.
+        self._turn_locks: dict[str, asyncio.Lock] = {}
+
+    # --- turns ---------------------------------------------------------------------
+
+    async def send(
+        self,
+        caller: Caller,
+        agent_id: str,
+        text: str,
+        *,
+        stream_tokens: bool = False,
+        max_steps: int = DEFAULT_MAX_STEPS,
+    ) -> AsyncGenerator[RunEvent, None]:
+        """Store the user's message, run one turn, and yield what happens as it happens.
+
+        The first event is :class:`RunStarted`; the last, when the turn ends on
+        its own, wraps :class:`TurnFinished` and is yielded only once the turn
+        is fully stored.  Errors before the run exists (unknown agent, no
+        model, provider not configured, agent busy) raise on the first
+        iteration and leave no run behind; later ones close the run as failed
+        (or cancelled) and are raised again.  Closing the generator early, or
+        cancelling the task reading it, cancels the turn and its run.
+        """
+        text = _checked_text(text)
+        if max_steps < 1:
+            raise InvalidArgumentError.field("max_steps", "must be at least 1")
+        agent = await self._agent(caller, agent_id)
+        provider, model = self._provider_for(agent)
+        settings = TurnSettings(
+            model=model,
+            contract=_contract(agent),
+            max_steps=max_steps,
+            stream_tokens=stream_tokens,
+            **_model_settings(agent.model_settings),
+        )
+        async with self._claim(agent_id):
+            run_id = await self._start_run(caller, agent_id)
+            recorder = _TurnRecorder(
+                self.database, caller.organization_id, agent_id, run_id, provider.name
+            )
+            turn_events = self._turn_events(caller, recorder, text, provider, settings)
+            async with contextlib.aclosing(turn_events):
+                async for event in turn_events:
+                    yield event
+
+    async def _agent(self, caller: Caller, agent_id: str) -> Agent:
+        async with self.database.read(caller.organization_id) as session:
+            return await load(session, Agent, agent_id, "agent")
+
+    def _provider_for(self, agent: Agent) -> tuple[LLMProvider, str]:
+        if not agent.model:
+            raise FailedPreconditionError(
+                f"agents/{agent.id} has no model; set one (provider/model) before sending",
+                subject=f"agents/{agent.id}",
+                violation_type="AGENT_HAS_NO_MODEL",
+            )
+        return self.providers.resolve(agent.model)
+
+    @contextlib.asynccontextmanager
+    async def _claim(self, agent_id: str) -> AsyncIterator[None]:
+        """Hold the agent's in-process turn lock, or refuse at once if a turn holds it."""
+        lock = self._turn_locks.setdefault(agent_id, asyncio.Lock())
+        if lock.locked():
+            raise _busy(agent_id)
+        try:
+            async with lock:
+                yield
+        finally:
+            if self._turn_locks.get(agent_id) is lock and not lock.locked():
+                del self._turn_locks[agent_id]
+
+    async def _start_run(self, caller: Caller, agent_id: str) -> str:
+        """Create the turn's run, unless another process is running a turn on the agent.
+
+        The agent row is locked first, so two processes cannot both find no
+        running run and both start one.
+        """
+
+        async def work(session: AsyncSession) -> str:
+            await load(session, Agent, agent_id, "agent", lock=True)
+            await _refuse_if_running(session, agent_id)
+            run = Run(agent_id=agent_id, status=RUNNING, background=False, metadata_={})
+            session.add(run)
+            await session.flush()
+            return run.id
+
+        return await self.database.run_transaction(work, caller.organization_id)
+
+    async def _turn_events(
+        self,
+        caller: Caller,
+        recorder: _TurnRecorder,
+        text: str,
+        provider: LLMProvider,
+        settings: TurnSettings,
+    ) -> AsyncGenerator[RunEvent, None]:
+        """Everything after the run exists; whatever goes wrong closes the run."""
+        run_id = recorder.run_id
+        try:
+            yield RunEvent(run_id, RunStarted(run_id))
+            turn = await self._prepare_turn(caller, recorder, text, provider, settings)
+            # run_turn is an async generator; closing it ends the model call it is in.
+            loop_events = cast(AsyncGenerator[TurnEvent, None], run_turn(turn))
+            async with contextlib.aclosing(loop_events) as events:
+                async for event in events:
+                    await recorder.observe(event)
+                    yield RunEvent(run_id, event)
+        except ProviderError as error:
+            await recorder.abort(FAILED, STOP_LLM_API_ERROR, str(error))
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            # The caller went away; record that even while being cancelled.
+            await asyncio.shield(recorder.abort(CANCELLED, StopReason.CANCELLED.value, None))
+            raise
+        except Exception as error:
+            await recorder.abort(FAILED, STOP_ERROR, str(error) or type(error).__name__)
+            raise
+
+    async def _prepare_turn(
+        self,
+        caller: Caller,
+        recorder: _TurnRecorder,
+        text: str,
+        provider: LLMProvider,
+        settings: TurnSettings,
+    ) -> Turn:
+        """Load the agent's state, store the user's message, and build the turn."""
+        context = await _load_context(self.database, caller.organization_id, recorder.agent_id)
+        closing = _close_unanswered_calls(context.buffer)
+        user_message = ChatMessage(Role.USER, text)
+        await recorder.store_opening([*closing, user_message])
+        context.system.recall_messages += len(closing) + 1
+        turn = Turn(
+            settings=settings,
+            provider=provider,
+            tools=context.tools,
+            memory=context.memory,
+            solver=context.solver,
+            run_tool=self._tool_runner(caller.organization_id, recorder),
+            history=[
+                context.system.compile(context.memory),
+                *context.buffer,
+                *closing,
+                user_message,
+            ],
+        )
+        recorder.attach(turn, context.system)
+        return turn
+
+    def _tool_runner(self, organization_id: str, recorder: _TurnRecorder) -> ToolRunner:
+        """Runs the tools the loop does not run itself: search now, custom tools later."""
+
+        async def run_tool(name: str, arguments: Mapping[str, Any]) -> ToolOutcome:
+            if name == CONVERSATION_SEARCH:
+                return await _conversation_search(
+                    self.database, organization_id, recorder.agent_id, recorder.run_id, arguments
+                )
+            return ToolOutcome(CUSTOM_TOOL_UNAVAILABLE, ok=False)
+
+        return run_tool
+
+    # --- history -----------------------------------------------------------------------
+
+    async def list_messages(
+        self,
+        caller: Caller,
+        agent_id: str,
+        *,
+        page_size: int,
+        page_token: str,
+        newest_first: bool = False,
+        roles: Sequence[str] = (),
+    ) -> tuple[list[Message], str]:
+        """The agent's whole history (not just the buffer), by sequence, optionally by role."""
+        wanted = _checked_roles(roles)
+        page = page_request(
+            page_size,
+            page_token,
+            {"agent": agent_id, "newest_first": newest_first, "roles": wanted},
+        )
+        query = select(Message).where(Message.agent_id == agent_id)
+        if wanted:
+            query = query.where(Message.role.in_(wanted))
+        query = _by_sequence(query, page, newest_first=newest_first)
+        async with self.database.read(caller.organization_id) as session:
+            await load(session, Agent, agent_id, "agent")
+            rows = (await session.scalars(query)).all()
+        return cut_page(rows, page, lambda message: (message.sequence_id,))
+
+    async def reset_messages(self, caller: Caller, agent_id: str) -> None:
+        """Empty the agent's buffer; the history stays stored and searchable.
+
+        The start of the buffer moves past the last message.  The system
+        message needs no keeping: it is compiled for every turn.  The agent's
+        etag does not change, since none of its settings did.  Refused while
+        a turn runs, which would otherwise refill the buffer it just emptied.
+        """
+
+        async def work(session: AsyncSession) -> None:
+            agent = await load(session, Agent, agent_id, "agent", lock=True)
+            if agent_id in self._turn_locks:
+                raise _busy(agent_id)
+            await _refuse_if_running(session, agent_id)
+            start = max(agent.context_start_sequence, await _last_sequence(session, agent_id) + 1)
+            await session.execute(
+                update(Agent)
+                .where(Agent.id == agent_id)
+                .values(context_start_sequence=start)
+                .execution_options(synchronize_session=False)
+            )
+
+        await self.database.run_transaction(work, caller.organization_id)
+
+    # --- runs and steps ----------------------------------------------------------------
+
+    async def get_run(self, caller: Caller, run_id: str) -> RunView:
+        async with self.database.read(caller.organization_id) as session:
+            run = await load(session, Run, run_id, "run")
+            return (await _run_views(session, [run]))[0]
+
+    async def list_runs(
+        self, caller: Caller, agent_id: str | None, page_size: int, page_token: str
+    ) -> tuple[list[RunView], str]:
+        """Runs, oldest first, of one agent or of the whole organization."""
+        page = page_request(page_size, page_token, {"agent": agent_id or ""})
+        query = select(Run)
+        if agent_id:
+            query = query.where(Run.agent_id == agent_id)
+        async with self.database.read(caller.organization_id) as session:
+            if agent_id:
+                await load(session, Agent, agent_id, "agent")
+            runs, token = cut_page(
+                (await session.scalars(oldest_first(query, Run, page))).all(), page, created_key
+            )
+            return await _run_views(session, runs), token
+
+    async def messages_of_run(self, caller: Caller, run_id: str) -> list[Message]:
+        """The messages a run stored (the user's first), in sequence order."""
+        async with self.database.read(caller.organization_id) as session:
+            await load(session, Run, run_id, "run")
+            rows = await session.scalars(
+                select(Message).where(Message.run_id == run_id).order_by(Message.sequence_id)
+            )
+            return list(rows.all())
+
+    async def list_steps(
+        self, caller: Caller, run_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Step], str]:
+        """A run's steps in the order they ran."""
+        page = page_request(page_size, page_token, {"run": run_id})
+        query = oldest_first(select(Step).where(Step.run_id == run_id), Step, page)
+        async with self.database.read(caller.organization_id) as session:
+            await load(session, Run, run_id, "run")
+            rows = (await session.scalars(query)).all()
+        return cut_page(rows, page, created_key)
+
+
+async def _run_views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView]:
+    """Runs with their usage, summed over their steps in one query for the whole page."""
+    ids = [run.id for run in runs]
+    usage: dict[str, tuple[int, int, int]] = {}
+    if ids:
+        rows = await session.execute(
+            select(
+                Step.run_id,
+                func.sum(Step.prompt_tokens),
+                func.sum(Step.completion_tokens),
+                func.count(),
+            )
+            .where(Step.run_id.in_(ids))
+            .group_by(Step.run_id)
+        )
+        usage = {run_id: (int(p or 0), int(c or 0), int(n)) for run_id, p, c, n in rows}
+    return [RunView(run, *usage.get(run.id, (0, 0, 0))) for run in runs]
+
+
+# --- refusals --------------------------------------------------------------------------
+
+
+def _busy(agent_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"agent {agent_id} is already running a turn; wait for it to finish",
+        subject=f"agents/{agent_id}",
+        violation_type="AGENT_BUSY",
+    )
+
+
+def _checked_text(text: str) -> str:
+    """The message without null bytes, which neither PostgreSQL text nor a prompt can carry."""
+    clean = text.replace("\x00", "")
+    if not clean.strip():
+        raise InvalidArgumentError.field("text", "is required")
+    return clean
+
+
+def _checked_roles(roles: Sequence[str]) -> list[str]:
+    wanted = sorted(set(roles))
+    unknown = [role for role in wanted if role not in MESSAGE_ROLES]
+    if unknown:
+        raise InvalidArgumentError.field(
+            "roles", f"unknown role {unknown[0]!r}; use {', '.join(MESSAGE_ROLES)}"
+        )
+    return wanted
+
+
+async def _refuse_if_running(session: AsyncSession, agent_id: str) -> None:
+    """Refuse when a live run holds the agent; close runs whose process is gone."""
+    now = utc_now()
+    running = (
+        await session.scalars(
+            select(Run).where(Run.agent_id == agent_id, Run.status == RUNNING).with_for_update()
+        )
+    ).all()
+    for run in running:
+        if now - run.updated_at < ABANDONED_AFTER:
+            raise _busy(agent_id)
+        _close_run(run, FAILED, STOP_ERROR, "abandoned: its server stopped during the turn", now)
+
+
+def _close_run(run: Run, status: str, stop_reason: str, error: str | None, now: datetime) -> None:
+    run.status = status
+    run.stop_reason = stop_reason
+    run.error = error
+    run.completed_at = now
+    run.updated_at = now
+
+
+def _run_status(stop: StopReason) -> str:
+    """The run status for a turn the loop ended itself; only cancellation is not a success."""
+    return CANCELLED if stop is StopReason.CANCELLED else COMPLETED
+
+
+# --- the turn's inputs -----------------------------------------------------------------
+
+
+def _contract(agent: Agent) -> LoopContract:
+    try:
+        return LoopContract(agent.agent_type)
+    except ValueError:
+        raise FailedPreconditionError(
+            f"agents/{agent.id} has the type {agent.agent_type!r}, which this server cannot run",
+            subject=f"agents/{agent.id}",
+            violation_type="AGENT_TYPE_UNSUPPORTED",
+        ) from None
+
+
+def _model_settings(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The TurnSettings fields an agent's model_settings carry (validated when stored)."""
+    temperature = stored.get("temperature")
+    max_tokens = stored.get("max_output_tokens")
+    return {
+        "temperature": float(temperature) if temperature is not None else None,
+        "max_output_tokens": int(max_tokens) if max_tokens else None,
+        "reasoning_effort": str(stored.get("reasoning_effort") or ""),
+        "parallel_tool_calls": bool(stored.get("parallel_tool_calls", False)),
+    }
+
+
+@dataclass
+class _SystemPrompt:
+    """What the system message is compiled from; recompiled when memory changes."""
+
+    prompt: str
+    rule_lines: list[str]
+    recall_messages: int
+    archival_passages: int
+    last_memory_change: datetime | None
+
+    def compile(self, memory: CoreMemory) -> ChatMessage:
+        statistics = render_memory_statistics(
+            recall_messages=self.recall_messages,
+            archival_passages=self.archival_passages,
+            last_memory_change=self.last_memory_change,
+        )
+        text = compile_system_message(self.prompt, memory, self.rule_lines, statistics)
+        return ChatMessage(Role.SYSTEM, text)
+
+
+@dataclass
+class _AgentContext:
+    memory: CoreMemory
+    tools: list[RuntimeTool]
+    solver: ToolRuleSolver
+    buffer: list[ChatMessage]
+    system: _SystemPrompt
+
+
+async def _load_context(database: Database, organization_id: str, agent_id: str) -> _AgentContext:
+    """The agent's memory, tools, rules and buffer, read once at the start of a turn."""
+    async with database.read(organization_id) as session:
+        agent = await load(session, Agent, agent_id, "agent")
+        blocks = (
+            await session.scalars(
+                select(Block)
+                .join(AgentBlock, AgentBlock.block_id == Block.id)
+                .where(AgentBlock.agent_id == agent_id)
+            )
+        ).all()
+        tools = (
+            await session.scalars(
+                select(Tool)
+                .join(AgentTool, AgentTool.tool_id == Tool.id)
+                .where(AgentTool.agent_id == agent_id)
+                .order_by(Tool.name)
+            )
+        ).all()
+        buffer = [] if agent.message_buffer_autoclear else await _buffer(session, agent)
+        recall = await _last_sequence(session, agent_id)
+        passages = await _passage_count(session, agent_id)
+    solver = ToolRuleSolver.from_rules([*agent.tool_rules, *_approval_rules(tools)])
+    return _AgentContext(
+        memory=CoreMemory(MemoryBlockState.of(block) for block in blocks),
+        tools=[_runtime_tool(tool) for tool in tools],
+        solver=solver,
+        buffer=[_chat_message(row) for row in buffer],
+        system=_SystemPrompt(
+            prompt=agent.system,
+            rule_lines=solver.rule_prompts(),
+            # Sequence numbers count the messages (none are deleted one by one), and
+            # reading the highest one is an index lookup where COUNT(*) is a scan.
+            recall_messages=recall,
+            archival_passages=passages,
+            last_memory_change=max((block.updated_at for block in blocks), default=None),
+        ),
+    )
+
+
+async def _buffer(session: AsyncSession, agent: Agent) -> Sequence[Message]:
+    return (
+        await session.scalars(
+            select(Message)
+            .where(
+                Message.agent_id == agent.id,
+                Message.sequence_id >= agent.context_start_sequence,
+            )
+            .order_by(Message.sequence_id)
+        )
+    ).all()
+
+
+async def _last_sequence(session: AsyncSession, agent_id: str) -> int:
+    """The agent's highest message sequence number; 0 before its first message."""
+    last = await session.scalar(
+        select(func.max(Message.sequence_id)).where(Message.agent_id == agent_id)
+    )
+    return int(last or 0)
+
+
+async def _passage_count(session: AsyncSession, agent_id: str) -> int:
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Passage)
+        .join(ArchiveAgent, ArchiveAgent.archive_id == Passage.archive_id)
+        .where(ArchiveAgent.agent_id == agent_id)
+    )
+    return int(count or 0)
+
+
+def _runtime_tool(tool: Tool) -> RuntimeTool:
+    """The tool as the model is offered it, from its stored JSON schema."""
+    schema = tool.json_schema or {}
+    parameters = schema.get("parameters") or {"type": "object", "properties": {}}
+    spec = ToolSpec(
+        name=str(schema.get("name") or tool.name),
+        description=str(schema.get("description") or tool.description),
+        parameters=parameters,
+    )
+    return RuntimeTool(spec, return_char_limit=tool.return_char_limit)
+
+
+def _approval_rules(tools: Sequence[Tool]) -> list[dict[str, Any]]:
+    """A tool marked as needing approval by default needs it on every agent."""
+    return [
+        {"requires_approval": {"tool_name": tool.name}}
+        for tool in tools
+        if tool.default_requires_approval
+    ]
+
+
+def _close_unanswered_calls(buffer: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """Results for tool calls left without one (a turn that paused for approval).
+
+    Providers refuse a history in which a tool call has no result, so a new
+    message from the user answers the pending calls as not run.  Only the
+    last assistant message can have any: steps are stored whole.
+    """
+    last = next(
+        (index for index in range(len(buffer) - 1, -1, -1) if buffer[index].role is Role.ASSISTANT),
+        None,
+    )
+    if last is None:
+        return []
+    answered = {m.tool_call_id for m in buffer[last + 1 :] if m.role is Role.TOOL}
+    outcome = ToolOutcome(UNANSWERED_CALL_NOTICE, ok=False)
+    return [
+        ChatMessage(
+            Role.TOOL,
+            package_return(outcome, DEFAULT_RETURN_CHAR_LIMIT),
+            tool_call_id=call.id,
+            name=call.name,
+        )
+        for call in buffer[last].tool_calls
+        if call.id not in answered
+    ]
+
+
+# --- stored messages <-> chat messages -------------------------------------------------
+
+
+def _message_row(message: ChatMessage, *, runtime_notice: bool) -> Message:
+    """The stored form of a message the turn produced (ids and sequence filled in later)."""
+    if message.role is Role.ASSISTANT:
+        return _assistant_row(message)
+    if message.role is Role.TOOL:
+        status, result = _unpack_return(message.content)
+        return Message(
+            role=Role.TOOL.value,
+            content=[{"type": "text", "text": message.content}],
+            text=result,
+            name=message.name or None,
+            tool_call_id=message.tool_call_id or None,
+            is_error=status == "error",
+        )
+    return Message(
+        role=message.role.value,
+        content=[{"type": "text", "text": message.content}],
+        text=message.content,
+        name=RUNTIME_AUTHOR if runtime_notice else None,
+        is_error=False,
+    )
+
+
+def _assistant_row(message: ChatMessage) -> Message:
+    content: list[dict[str, Any]] = []
+    if message.reasoning is not None:
+        item = {
+            "type": "reasoning",
+            "text": message.reasoning.text,
+            "signature": message.reasoning.signature,
+        }
+        if message.reasoning.redacted:
+            item["redacted"] = message.reasoning.redacted
+        content.append(item)
+    if message.content:
+        content.append({"type": "text", "text": message.content})
+    calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls]
+    return Message(
+        role=Role.ASSISTANT.value,
+        content=content,
+        text=_assistant_text(message),
+        tool_calls=calls or None,
+        is_error=False,
+    )
+
+
+def _assistant_text(message: ChatMessage) -> str:
+    """What the assistant said, for search: its text and what it sent with send_message."""
+    parts = [message.content] if message.content else []
+    for call in message.tool_calls:
+        if call.name != "send_message":
+            continue
+        try:
+            said = call.parsed_arguments().get("message")
+        except ValueError:
+            continue
+        if isinstance(said, str):
+            parts.append(said)
+    return "\n".join(parts)
+
+
+def _unpack_return(packaged: str) -> tuple[str, str]:
+    """The status and the result text of a packaged tool return."""
+    try:
+        value = json.loads(packaged)
+    except ValueError:
+        return "ok", packaged
+    if not isinstance(value, dict):
+        return "ok", packaged
+    return str(value.get("status", "ok")), str(value.get("result", packaged))
+
+
+def _chat_message(row: Message) -> ChatMessage:
+    """A stored message as it goes back to the model."""
+    items = row.content or []
+    text = "".join(str(i.get("text", "")) for i in items if i.get("type") == "text")
+    role = Role(row.role)
+    if role is Role.TOOL:
+        return ChatMessage(role, text, tool_call_id=row.tool_call_id or "", name=row.name or "")
+    if role is not Role.ASSISTANT:
+        return ChatMessage(role, text)
+    reasoning = next(
+        (
+            Reasoning(
+                text=str(i.get("text", "")),
+                signature=str(i.get("signature", "")),
+                redacted=str(i.get("redacted", "")),
+            )
+            for i in items
+            if i.get("type") == "reasoning"
+        ),
+        None,
+    )
+    calls = tuple(
+        ToolCall(str(c["id"]), str(c["name"]), str(c.get("arguments", "")))
+        for c in row.tool_calls or []
+    )
+    return ChatMessage(role, text, tool_calls=calls, reasoning=reasoning)
+
+
+# --- recording a turn ------------------------------------------------------------------
+
+
+@dataclass
+class _StepInProgress:
+    number: int
+    started_at: datetime
+    result: ChatResult | None = None
+
+
+@dataclass
+class _TurnRecorder:
+    """Writes a turn down as it runs: its opening, a checkpoint per step, and its end."""
+
+    database: Database
+    organization_id: str
+    agent_id: str
+    run_id: str
+    provider_name: str
+    finished: bool = False
+    _turn: Turn | None = None
+    _system: _SystemPrompt | None = None
+    _saved: int = 0  # how many of turn.new_messages are stored
+    _step: _StepInProgress | None = None
+
+    async def store_opening(self, messages: Sequence[ChatMessage]) -> None:
+        """Store the user's message (after any closed calls) as the run's first messages."""
+
+        async def work(session: AsyncSession) -> None:
+            await _add_messages(session, self.agent_id, self.run_id, None, messages, notices=False)
+
+        await self.database.run_transaction(work, self.organization_id)
+
+    def attach(self, turn: Turn, system: _SystemPrompt) -> None:
+        self._turn, self._system = turn, system
+
+    async def observe(self, event: TurnEvent) -> None:
+        """Checkpoint when a step is over: the next one starts, or the turn ends."""
+        if isinstance(event, StepStarted):
+            await self._checkpoint(None)
+            self._step = _StepInProgress(event.step, utc_now())
+        elif isinstance(event, StepFinished) and self._step is not None:
+            self._step.result = event.result
+        elif isinstance(event, TurnFinished):
+            await self._checkpoint(event.stop_reason)
+
+    async def _checkpoint(self, stop: StopReason | None) -> None:
+        """One transaction: the finished step, its messages, changed memory (and the run's end)."""
+        if self._step is None and stop is None:
+            return
+        assert self._turn is not None and self._system is not None
+        turn, step = self._turn, self._step
+        pending = list(turn.new_messages[self._saved :])
+        changed, created = turn.memory.changed_labels(), turn.memory.created_labels()
+
+        async def work(session: AsyncSession) -> None:
+            now = utc_now()
+            run = await load(session, Run, self.run_id, "run")
+            if step is not None:
+                step_id = await self._add_step(session, step, COMPLETED, now)
+                await _add_messages(session, self.agent_id, self.run_id, step_id, pending)
+            await _save_memory(session, self.agent_id, turn.memory, changed, created, now)
+            if stop is None:
+                run.updated_at = now
+            else:
+                _close_run(run, _run_status(stop), stop.value, None, now)
+
+        await self.database.run_transaction(work, self.organization_id)
+        self._saved += len(pending)
+        self._step = None
+        self.finished = stop is not None
+        self._system.recall_messages += len(pending)
+        turn.memory.mark_persisted()
+        if changed:
+            # The next step should see the memory as it now is.
+            self._system.last_memory_change = utc_now()
+            turn.history[0] = self._system.compile(turn.memory)
+
+    async def abort(self, status: str, stop_reason: str, error: str | None) -> None:
+        """Close the run after an error or a cancellation, with the step it interrupted.
+
+        The interrupted step's messages are not stored: they may hold a tool
+        call without its result.  A failure here is logged, never raised, so
+        that the error that ended the turn is the one the caller sees.
+        """
+        if self.finished:
+            return
+        step = self._step
+
+        async def work(session: AsyncSession) -> None:
+            now = utc_now()
+            run = await load(session, Run, self.run_id, "run")
+            if step is not None:
+                await self._add_step(session, step, status, now)
+            _close_run(run, status, stop_reason, error, now)
+
+        try:
+            await self.database.run_transaction(work, self.organization_id)
+            self.finished = True
+        except Exception:
+            logger.exception("could not record the end of run %s", self.run_id)
+
+    async def _add_step(
+        self, session: AsyncSession, step: _StepInProgress, status: str, now: datetime
+    ) -> str:
+        usage = step.result.usage if step.result is not None else None
+        model = (step.result.model if step.result is not None else "") or (
+            self._turn.settings.model if self._turn is not None else ""
+        )
+        row = Step(
+            run_id=self.run_id,
+            agent_id=self.agent_id,
+            status=status,
+            provider=self.provider_name,
+            model=model or None,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            total_tokens=usage.total_tokens if usage else 0,
+            started_at=step.started_at,
+            finished_at=now,
+        )
+        session.add(row)
+        await session.flush()
+        return row.id
+
+
+async def _add_messages(
+    session: AsyncSession,
+    agent_id: str,
+    run_id: str,
+    step_id: str | None,
+    messages: Sequence[ChatMessage],
+    *,
+    notices: bool = True,
+) -> None:
+    """Append messages to the agent's history, numbered after its last one.
+
+    With ``notices``, user-role messages are the loop's own notices (the
+    person's message is never among a step's messages) and are marked so.
+    """
+    sequence = await _last_sequence(session, agent_id)
+    for message in messages:
+        sequence += 1
+        row = _message_row(message, runtime_notice=notices and message.role is Role.USER)
+        row.agent_id, row.sequence_id = agent_id, sequence
+        row.run_id, row.step_id = run_id, step_id
+        session.add(row)
+    await session.flush()
+
+
+async def _save_memory(
+    session: AsyncSession,
+    agent_id: str,
+    memory: CoreMemory,
+    changed: Sequence[str],
+    created: Sequence[str],
+    now: datetime,
+) -> None:
+    """Write the changed blocks; link a new block for each label the turn created.
+
+    A block detached while the turn ran is not written back.
+    """
+    if not changed:
+        return
+    rows = (
+        await session.scalars(
+            select(Block)
+            .join(AgentBlock, AgentBlock.block_id == Block.id)
+            .where(AgentBlock.agent_id == agent_id, AgentBlock.block_label.in_(changed))
+            .with_for_update(of=Block)
+        )
+    ).all()
+    stored = {row.label: row for row in rows}
+    for label in changed:
+        state = memory.get(label)
+        assert state is not None
+        block = stored.get(label)
+        if block is not None:
+            block.value, block.updated_at = state.value, now
+        elif label in created:
+            block = new_block({"label": label, "value": state.value, "limit": state.limit})
+            session.add(block)
+            await session.flush()
+            session.add(AgentBlock(agent_id=agent_id, block_id=block.id, block_label=label))
+
+
+# --- conversation search ---------------------------------------------------------------
+
+
+async def _conversation_search(
+    database: Database,
+    organization_id: str,
+    agent_id: str,
+    run_id: str,
+    arguments: Mapping[str, Any],
+) -> ToolOutcome:
+    """Case-insensitive substring search over the agent's whole history, newest first.
+
+    Messages of the current turn are left out (the model has them in view,
+    and the user's question would otherwise find itself), as are the loop's
+    own notices.  Ranked full-text search comes later.
+    """
+    try:
+        query = _search_query(agent_id, run_id, arguments)
+    except ValueError as error:
+        return ToolOutcome(str(error), ok=False)
+    async with database.read(organization_id) as session:
+        rows = (await session.scalars(query)).all()
+    words = str(arguments.get("query") or "")
+    if not rows:
+        return ToolOutcome(f"No earlier message matches {words!r}." if words else "No messages.")
+    found = [
+        {
+            "time": row.created_at.isoformat(timespec="seconds"),
+            "role": row.role,
+            "text": row.text,
+        }
+        for row in rows
+    ]
+    return ToolOutcome(json.dumps(found, ensure_ascii=False))
+
+
+def _search_query(agent_id: str, run_id: str, arguments: Mapping[str, Any]) -> Select[Any]:
+    """The search as SQL; ValueError (for the model) on an argument it cannot use."""
+    query = select(Message).where(
+        Message.agent_id == agent_id,
+        Message.text != "",
+        or_(Message.run_id.is_(None), Message.run_id != run_id),
+        or_(Message.role != Role.USER.value, Message.name.is_(None)),
+    )
+    words = arguments.get("query")
+    if words:
+        query = query.where(Message.text.icontains(str(words), autoescape=True))
+    roles = arguments.get("roles")
+    if roles:
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise ValueError("The argument 'roles' must be a list of role names.")
+        query = query.where(Message.role.in_(roles))
+    start, end = arguments.get("start_date"), arguments.get("end_date")
+    if start:
+        query = query.where(Message.created_at >= _moment(start, "start_date", end_of_day=False))
+    if end:
+        query = query.where(Message.created_at <= _moment(end, "end_date", end_of_day=True))
+    return query.order_by(Message.sequence_id.desc()).limit(_search_limit(arguments.get("limit")))
+
+
+def _search_limit(value: Any) -> int:
+    if value is None:
+        return SEARCH_DEFAULT_LIMIT
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("The argument 'limit' must be an integer.")
+    return max(1, min(value, SEARCH_MAX_LIMIT))
+
+
+def _moment(value: Any, name: str, *, end_of_day: bool) -> datetime:
+    """An ISO date or time; a bare date means the whole day (UTC), hence ``end_of_day``."""
+    text = str(value)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return moment + timedelta(days=1, microseconds=-1) if end_of_day else moment
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"The argument {name!r} must be an ISO date such as 2025-01-31.") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# --- pagination by sequence ------------------------------------------------------------
+
+
+def _by_sequence(query: Select[Any], page: PageRequest, *, newest_first: bool) -> Select[Any]:
+    """Keyset pagination on the agent's message sequence numbers."""
+    column = Message.sequence_id
+    query = query.order_by(column.desc() if newest_first else column).limit(page.size + 1)
+    if page.after is None:
+        return query
+    if (
+        len(page.after) != 1
+        or isinstance(page.after[0], bool)
+        or not isinstance(page.after[0], int)
+    ):
+        raise InvalidPageTokenError.field("page_token", "is not a token this server issued")
+    last = page.after[0]
+    return query.where(column < last if newest_first else column > last)
