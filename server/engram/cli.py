@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -123,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from engram.adapters.llm.registry import ProviderRegistry
     from engram.config.settings import get_settings
     from engram.rpc.application import Application, Services
     from engram.rpc.server import serve
@@ -141,7 +143,7 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.workers != 1:
         return await _supervise_workers(args, settings)
     telemetry = Telemetry.start(settings)
-    app = Application()
+    app = Application(settings)
 
     async def prepare() -> Callable[[], Awaitable[None]]:
         storage = await open_storage(settings)
@@ -158,10 +160,13 @@ async def _serve(args: argparse.Namespace) -> int:
                 "(create one with `engram keys create --admin`, then restart)"
             )
         telemetry.watch_pool(storage.database)
-        app.ready(Services.build(storage.database, authenticator))
+        providers = ProviderRegistry.from_environment(os.environ)
+        logger.info("LLM providers configured: %s", ", ".join(providers.names) or "none")
+        app.ready(Services.build(storage.database, authenticator, providers))
 
         async def release() -> None:
             telemetry.stop_watching_pool()
+            await providers.close()
             await storage.close()
 
         return release

@@ -17,6 +17,7 @@ import grpc
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
+from engram.adapters.llm.registry import ProviderRegistry
 from engram.config.settings import Settings
 from engram.rpc.application import Application, Services
 from engram.rpc.server import RunningServer, start_server
@@ -28,6 +29,7 @@ from engram.v1 import (
     admin_service_pb2_grpc,
     agent_service_pb2_grpc,
     block_service_pb2_grpc,
+    message_service_pb2_grpc,
     tool_service_pb2_grpc,
 )
 
@@ -53,6 +55,8 @@ class Client:
     blocks: Any
     tools: Any
     admin: Any
+    messages: Any
+    runs: Any
 
     @classmethod
     def connect(cls, channel: grpc.aio.Channel, caller: Caller, key: str) -> Client:
@@ -64,6 +68,8 @@ class Client:
             blocks=AuthorizedStub(block_service_pb2_grpc.BlockServiceStub(channel), metadata),
             tools=AuthorizedStub(tool_service_pb2_grpc.ToolServiceStub(channel), metadata),
             admin=AuthorizedStub(admin_service_pb2_grpc.AdminServiceStub(channel), metadata),
+            messages=AuthorizedStub(message_service_pb2_grpc.MessageServiceStub(channel), metadata),
+            runs=AuthorizedStub(message_service_pb2_grpc.RunServiceStub(channel), metadata),
         )
 
 
@@ -100,16 +106,18 @@ async def _organization(admin: AdminService, name: str) -> tuple[Caller, str, Ca
 
 
 @asynccontextmanager
-async def running_api(settings: Settings, database: Database) -> AsyncIterator[ApiHarness]:
+async def running_api(
+    settings: Settings, database: Database, providers: ProviderRegistry | None = None
+) -> AsyncIterator[ApiHarness]:
     admin = AdminService(database)
     caller_a, key_a, member_a, member_key_a = await _organization(admin, "org-a")
     caller_b, key_b, _, _ = await _organization(admin, "org-b")
     authenticator = ApiKeyAuthenticator(database, AuthMode.API_KEYS, None)
-    app = Application()
+    app = Application(settings)
     server = await start_server(
         settings.model_copy(update={"host": "127.0.0.1", "port": 0}), app=app
     )
-    app.ready(Services.build(database, authenticator))
+    app.ready(Services.build(database, authenticator, providers or ProviderRegistry({})))
     await server.set_serving()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         validation_alias=env("MAX_CONCURRENT_RPCS", legacy=False),
         description="Calls beyond this many at once get RESOURCE_EXHAUSTED; 0 for no limit.",
     )
+    stream_ping_interval_seconds: float = Field(
+        15.0,
+        gt=0,
+        validation_alias=env("STREAM_PING_INTERVAL_SECONDS", legacy=False),
+        description="A streamed turn sends a ping after this many seconds without events.",
+    )
     health_check_interval_seconds: float = Field(
         5.0,
         ge=0,

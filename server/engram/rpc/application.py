@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engram.adapters.llm.registry import ProviderRegistry
+from engram.config.settings import Settings
 from engram.services.admin import AdminService
 from engram.services.agents import AgentService
 from engram.services.auth import ApiKeyAuthenticator
 from engram.services.blocks import BlockService
 from engram.services.caller import Caller
+from engram.services.messages import MessageService
 from engram.services.tools import ToolService
 from engram.store.database import Database
 from engram.store.errors import DatabaseUnavailableError
@@ -28,9 +31,13 @@ class Services:
     blocks: BlockService
     tools: ToolService
     admin: AdminService
+    messages: MessageService
+    providers: ProviderRegistry
 
     @classmethod
-    def build(cls, database: Database, authenticator: ApiKeyAuthenticator) -> Services:
+    def build(
+        cls, database: Database, authenticator: ApiKeyAuthenticator, providers: ProviderRegistry
+    ) -> Services:
         return cls(
             database=database,
             authenticator=authenticator,
@@ -38,13 +45,16 @@ class Services:
             blocks=BlockService(database),
             tools=ToolService(database),
             admin=AdminService(database),
+            messages=MessageService(database, providers),
+            providers=providers,
         )
 
 
 class Application:
-    """Holds the services once they exist."""
+    """Holds the services once they exist, and the settings the servicers read."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._services: Services | None = None
 
     def ready(self, services: Services) -> None:

@@ -91,6 +91,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
     from engram.api.admin import AdminServicer
     from engram.api.agents import AgentServicer
     from engram.api.blocks import BlockServicer
+    from engram.api.messages import MessageServicer, RunServicer
     from engram.api.tools import ToolServicer
     from engram.v1 import (
         admin_service_pb2,
@@ -99,6 +100,8 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
         agent_service_pb2_grpc,
         block_service_pb2,
         block_service_pb2_grpc,
+        message_service_pb2,
+        message_service_pb2_grpc,
         tool_service_pb2,
         tool_service_pb2_grpc,
     )
@@ -107,6 +110,8 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
     block_service_pb2_grpc.add_BlockServiceServicer_to_server(BlockServicer(app), server)
     tool_service_pb2_grpc.add_ToolServiceServicer_to_server(ToolServicer(app), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app), server)
+    message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageServicer(app), server)
+    message_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(app), server)
     return [
         str(module.DESCRIPTOR.services_by_name[name].full_name)
         for module, name in (
@@ -114,6 +119,8 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
             (block_service_pb2, "BlockService"),
             (tool_service_pb2, "ToolService"),
             (admin_service_pb2, "AdminService"),
+            (message_service_pb2, "MessageService"),
+            (message_service_pb2, "RunService"),
         )
     ]
 

@@ -19,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from engram.adapters.llm.registry import ProviderRegistry
 from engram.config.settings import Settings
 from engram.rpc.application import Application, Services
 from engram.rpc.errors import reason_of, unpack_detail
@@ -350,7 +351,7 @@ async def test_a_generated_correlation_id_matches_the_request_id(
 async def test_a_server_that_is_still_starting_is_unavailable(
     settings: Settings, database: Database
 ) -> None:
-    app = Application()
+    app = Application(settings)
     async with serving(settings, app) as (server, channel):
         blocks = block_service_pb2_grpc.BlockServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
@@ -370,7 +371,7 @@ async def test_a_server_that_is_still_starting_is_unavailable(
         assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
         authenticator = await ApiKeyAuthenticator.create(database, "127.0.0.1", insecure=False)
-        app.ready(Services.build(database, authenticator))
+        app.ready(Services.build(database, authenticator, ProviderRegistry({})))
         await server.set_serving()
 
         response = await blocks.ListBlocks(LIST_BLOCKS)
@@ -390,8 +391,8 @@ async def test_local_mode_lets_a_call_without_a_key_act_in_the_default_organizat
     assert authenticator.local_caller == Caller(
         DEFAULT_ORGANIZATION_ID, DEFAULT_USER_ID, is_admin=True
     )
-    app = Application()
-    app.ready(Services.build(database, authenticator))
+    app = Application(settings)
+    app.ready(Services.build(database, authenticator, ProviderRegistry({})))
 
     async with serving(settings, app) as (_, channel):
         blocks = block_service_pb2_grpc.BlockServiceStub(channel)
