@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from engram.adapters.llm.chat import (
     ChatMessage,
@@ -92,11 +93,36 @@ class OpenAIChatProvider:
         except openai.OpenAIError as error:
             raise translate_error(self.name, error) from error
 
+    async def _post(self, parameters: dict[str, Any]) -> Any:
+        """POST /chat/completions through the SDK client, skipping its parameter transform.
+
+        ``chat.completions.create`` first walks the whole request through the
+        SDK's typed-dict transformer, which measured 28 ms of CPU per call for a
+        small agent (more than everything else in a step together).  Our request
+        is already plain JSON of the right shape, so it goes straight to the
+        client's ``post``, which still does authentication, retries, timeouts,
+        response parsing and streaming.
+        """
+        options: dict[str, Any] = {"security": {"bearer_auth": True}}
+        timeout = parameters.pop("timeout", None)
+        if timeout is not None:
+            options["timeout"] = timeout
+        stream = bool(parameters.get("stream"))
+        # The options are a plain dict where the SDK declares its private RequestOptions.
+        return await self._client.post(  # type: ignore[call-overload]
+            "/chat/completions",
+            body=parameters,
+            cast_to=ChatCompletion,
+            options=options,
+            stream=stream,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+        )
+
     async def complete(self, request: ChatRequest) -> ChatResult:
         """One call, answered whole."""
         try:
-            response = await self._client.chat.completions.create(
-                **request_parameters(request, self.settings.max_tokens_field, stream=False)
+            response = await self._post(
+                request_parameters(request, self.settings.max_tokens_field, stream=False)
             )
         except openai.OpenAIError as error:
             raise translate_error(self.name, error) from error
@@ -107,7 +133,7 @@ class OpenAIChatProvider:
         parameters = request_parameters(request, self.settings.max_tokens_field, stream=True)
         assembler = _StreamAssembler(self.name)
         try:
-            chunks = await self._client.chat.completions.create(**parameters)
+            chunks = await self._post(parameters)
             async with chunks:
                 async for chunk in chunks:
                     for event in assembler.feed(chunk):
