@@ -58,6 +58,9 @@ STOP_REASON_TO_PROTO: dict[str, Any] = {
     "cancelled": run_pb2.STOP_REASON_CANCELLED,
     "llm_api_error": run_pb2.STOP_REASON_LLM_API_ERROR,
     "error": run_pb2.STOP_REASON_ERROR,
+    "context_window_overflow_in_system_prompt": (
+        run_pb2.STOP_REASON_CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT
+    ),
 }
 
 

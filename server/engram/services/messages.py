@@ -15,7 +15,13 @@ service gives it the agent's state and writes back what the turn did:
   transaction stores the step's messages, a step row with the token usage,
   and the memory blocks the step changed.  A step is stored whole or not at
   all: a turn that fails half-way through a step leaves the history as it was
-  after the previous step, never an assistant tool call without its result.
+  after the previous step, never an assistant tool call without its result;
+* before each model call the context is **compacted** when it passes 90% of
+  the agent's window (and again, up to three times, when the provider still
+  finds it too long): the oldest part of the buffer is summarized by the
+  model, the summary is stored as a message of its own, and the buffer's start
+  moves to the first message kept.  See :class:`_Compactor` for how the
+  summary is found again.
 
 One agent runs one turn at a time: an in-process lock refuses a second turn
 at once, and a ``running`` run in the database refuses it when another
@@ -38,7 +44,7 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.adapters.llm.chat import ChatMessage, ChatResult, Reasoning, Role, ToolCall, ToolSpec
-from engram.adapters.llm.errors import ProviderError
+from engram.adapters.llm.errors import ContextWindowExceededError, ProviderError
 from engram.adapters.llm.registry import LLMProvider, ProviderRegistry
 from engram.services.blocks import new_block
 from engram.services.caller import Caller
@@ -52,8 +58,19 @@ from engram.services.pagination import (
     oldest_first,
     page_request,
 )
+from engram.services.runtime.compaction import (
+    BufferEntry,
+    EntryRole,
+    SystemPromptTooLargeError,
+    estimate_context_tokens,
+    estimate_message_tokens,
+    estimate_tools_tokens,
+    needs_compaction,
+    plan_compaction,
+)
 from engram.services.runtime.core_memory import CoreMemory, MemoryBlockState
 from engram.services.runtime.memory_prompt import compile_system_message, render_memory_statistics
+from engram.services.runtime.summarizer import summarize
 from engram.services.runtime.tool_rule_solver import ToolRuleSolver
 from engram.services.runtime.turn import (
     DEFAULT_MAX_STEPS,
@@ -98,6 +115,7 @@ CANCELLED = "cancelled"
 # Stop reasons of runs that did not end by the loop's own decision.
 STOP_ERROR = "error"
 STOP_LLM_API_ERROR = "llm_api_error"
+STOP_SYSTEM_PROMPT_TOO_LARGE = "context_window_overflow_in_system_prompt"
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 # The ``name`` of user-role messages the runtime wrote (heartbeat and rule
@@ -114,6 +132,18 @@ SEARCH_DEFAULT_LIMIT = 5  # what the tool's description promises the model
 SEARCH_MAX_LIMIT = 20
 CUSTOM_TOOL_UNAVAILABLE = "custom tools cannot run yet on this server"
 UNANSWERED_CALL_NOTICE = "Not run: the user sent a new message before this call was approved."
+
+# Compaction.  The window of an agent without a context_window_limit (the
+# reference's global maximum), and the time the summary call may take (the
+# providers' own default for one call).
+DEFAULT_CONTEXT_WINDOW = 128_000
+SUMMARY_TIMEOUT_SECONDS = 300.0
+# The content item that marks a stored message as a compaction summary.
+SUMMARY_ITEM = "compaction_summary"
+SUMMARY_HEADER = (
+    "[Earlier conversation, summarized] Older messages were taken out of your context to "
+    "make room and replaced by the summary below; conversation_search still finds them."
+)
 
 
 # --- events ----------------------------------------------------------------------------
@@ -262,6 +292,14 @@ class MessageService:
                 async for event in events:
                     await recorder.observe(event)
                     yield RunEvent(run_id, event)
+        except SystemPromptTooLargeError as error:
+            await recorder.abort(FAILED, STOP_SYSTEM_PROMPT_TOO_LARGE, str(error))
+            raise _system_prompt_too_large(recorder.agent_id, error) from error
+        except ContextWindowExceededError as error:
+            # Too long even after compacting (or with nothing left to compact): the
+            # provider did its job, so this is not an LLM API error.
+            await recorder.abort(FAILED, STOP_ERROR, str(error))
+            raise
         except ProviderError as error:
             await recorder.abort(FAILED, STOP_LLM_API_ERROR, str(error))
             raise
@@ -287,6 +325,15 @@ class MessageService:
         user_message = ChatMessage(Role.USER, text)
         await recorder.store_opening([*closing, user_message])
         context.system.recall_messages += len(closing) + 1
+        compactor = _Compactor(
+            self.database,
+            caller.organization_id,
+            recorder.agent_id,
+            recorder.run_id,
+            provider,
+            settings.model,
+            context,
+        )
         turn = Turn(
             settings=settings,
             provider=provider,
@@ -300,6 +347,8 @@ class MessageService:
                 *closing,
                 user_message,
             ],
+            before_step=compactor.before_step,
+            on_context_overflow=compactor.on_overflow,
         )
         recorder.attach(turn, context.system)
         return turn
@@ -367,6 +416,34 @@ class MessageService:
             )
 
         await self.database.run_transaction(work, caller.organization_id)
+
+    async def compact(self, caller: Caller, agent_id: str) -> bool:
+        """Fold the oldest part of the agent's buffer into a summary now, whatever its size.
+
+        What a turn does by itself when its context nears the window, done on
+        demand (the reference's "summarize" call): at least the plan's first
+        fraction of the buffer goes, a pending approval and what follows it
+        stay.  Refused while a turn runs.  Returns whether anything was folded
+        (an empty buffer has nothing to fold).
+        """
+        agent = await self._agent(caller, agent_id)
+        provider, model = self._provider_for(agent)
+        async with self._claim(agent_id):
+
+            async def idle(session: AsyncSession) -> None:
+                await _refuse_if_running(session, agent_id)
+
+            await self.database.run_transaction(idle, caller.organization_id)
+            context = await _load_context(self.database, caller.organization_id, agent_id)
+            compactor = _Compactor(
+                self.database, caller.organization_id, agent_id, None, provider, model, context
+            )
+            tools = [tool.spec for tool in context.tools]
+            try:
+                buffer = await compactor.compact(context.system.compile(context.memory), tools)
+            except SystemPromptTooLargeError as error:
+                raise _system_prompt_too_large(agent_id, error) from error
+        return buffer is not None
 
     # --- runs and steps ----------------------------------------------------------------
 
@@ -439,6 +516,18 @@ def _busy(agent_id: str) -> FailedPreconditionError:
         f"agent {agent_id} is already running a turn; wait for it to finish",
         subject=f"agents/{agent_id}",
         violation_type="AGENT_BUSY",
+    )
+
+
+def _system_prompt_too_large(
+    agent_id: str, error: SystemPromptTooLargeError
+) -> FailedPreconditionError:
+    """No compaction helps: the prompt, memory or tools must shrink, or the window grow."""
+    return FailedPreconditionError(
+        f"{error}; shorten the agent's system prompt, memory blocks or tools, "
+        "or raise its context_window_limit",
+        subject=f"agents/{agent_id}",
+        violation_type="CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT",
     )
 
 
@@ -540,6 +629,8 @@ class _AgentContext:
     solver: ToolRuleSolver
     buffer: list[ChatMessage]
     system: _SystemPrompt
+    window: int  # the agent's context window, in tokens
+    buffer_start: int  # the sequence number the buffer was read from
 
 
 async def _load_context(database: Database, organization_id: str, agent_id: str) -> _AgentContext:
@@ -561,8 +652,10 @@ async def _load_context(database: Database, organization_id: str, agent_id: str)
                 .order_by(Tool.name)
             )
         ).all()
-        buffer = [] if agent.message_buffer_autoclear else await _buffer(session, agent)
         recall = await _last_sequence(session, agent_id)
+        # An agent that clears its buffer starts each turn from the turn's own messages.
+        start = recall + 1 if agent.message_buffer_autoclear else agent.context_start_sequence
+        buffer = await _buffer_rows(session, agent_id, start)
         passages = await _passage_count(session, agent_id)
     solver = ToolRuleSolver.from_rules([*agent.tool_rules, *_approval_rules(tools)])
     return _AgentContext(
@@ -579,20 +672,28 @@ async def _load_context(database: Database, organization_id: str, agent_id: str)
             archival_passages=passages,
             last_memory_change=max((block.updated_at for block in blocks), default=None),
         ),
+        window=agent.context_window_limit or DEFAULT_CONTEXT_WINDOW,
+        buffer_start=start,
     )
 
 
-async def _buffer(session: AsyncSession, agent: Agent) -> Sequence[Message]:
-    return (
+async def _buffer_rows(session: AsyncSession, agent_id: str, start: int) -> list[Message]:
+    """The agent's buffer from sequence ``start`` on, its newest summary first.
+
+    A summary is stored after the messages it keeps (sequence numbers only
+    grow), so it is moved to the front; older summaries still in the range
+    were folded into the newest and are left out.
+    """
+    rows = (
         await session.scalars(
             select(Message)
-            .where(
-                Message.agent_id == agent.id,
-                Message.sequence_id >= agent.context_start_sequence,
-            )
+            .where(Message.agent_id == agent_id, Message.sequence_id >= start)
             .order_by(Message.sequence_id)
         )
     ).all()
+    summaries = [row for row in rows if _is_summary(row)]
+    rest = [row for row in rows if not _is_summary(row)]
+    return [summaries[-1], *rest] if summaries else rest
 
 
 async def _last_sequence(session: AsyncSession, agent_id: str) -> int:
@@ -948,6 +1049,172 @@ async def _save_memory(
             session.add(block)
             await session.flush()
             session.add(AgentBlock(agent_id=agent_id, block_id=block.id, block_label=label))
+
+
+# --- compaction ------------------------------------------------------------------------
+
+
+@dataclass
+class _Compactor:
+    """Keeps an agent's buffer within its context window, by summarizing its oldest part.
+
+    How the summary is stored: as a message of its own (role user, written by
+    the runtime like its other notices, marked by a ``compaction_summary``
+    content item) numbered after every message there is, while the agent's
+    ``context_start_sequence`` moves to the first message kept.  The loader
+    (:func:`_buffer_rows`) puts the newest summary in the range first.  So no
+    column points at the summary, resetting the buffer drops it with the rest,
+    and the history lists it where the compaction happened.
+
+    Compaction runs between steps, when every message of the turn is stored,
+    and reads the buffer back from the database to plan on message ids.
+    """
+
+    database: Database
+    organization_id: str
+    agent_id: str
+    run_id: str | None  # None when compacting on demand, outside a turn
+    provider: LLMProvider
+    model: str
+    context: _AgentContext
+
+    async def before_step(self, turn: Turn) -> None:
+        """Compact first when the coming call would pass the threshold of the window."""
+        tokens = estimate_context_tokens(turn.history, _specs(turn.tools))
+        if needs_compaction(tokens, self.context.window):
+            await self._compact_turn(turn)
+
+    async def on_overflow(self, turn: Turn) -> bool:
+        """The provider found the context too long, whatever our estimate said: compact."""
+        return await self._compact_turn(turn)
+
+    async def _compact_turn(self, turn: Turn) -> bool:
+        buffer = await self.compact(turn.history[0], _specs(turn.tools))
+        if buffer is None:
+            return False
+        turn.history[1:] = buffer
+        return True
+
+    async def compact(
+        self, system: ChatMessage, tools: Sequence[ToolSpec]
+    ) -> list[ChatMessage] | None:
+        """Summarize what the plan evicts and store it; the new buffer, or None if unchanged.
+
+        Raises :class:`SystemPromptTooLargeError` when the system message and
+        the tool schemas alone fill the window.
+        """
+        rows, last = await self._stored_buffer()
+        plan = plan_compaction(_plan_entries(system, tools, rows), self.context.window)
+        if not plan.changes_anything:
+            return None
+        by_id = {row.id: row for row in rows}
+        evicted = [by_id[entry] for entry in plan.evicted]
+        kept = [by_id[entry] for entry in plan.kept[1:]]
+        previous = _summary_body(evicted.pop(0)) if _is_summary(evicted[0]) else None
+        summary = await summarize(
+            self.provider,
+            self.model,
+            [_chat_message(row) for row in evicted],
+            previous,
+            SUMMARY_TIMEOUT_SECONDS,
+        )
+        stored = await self._store(summary, kept, last)
+        return [stored, *(_chat_message(row) for row in kept)]
+
+    async def _stored_buffer(self) -> tuple[list[Message], int]:
+        """The buffer as stored, and the agent's last sequence number when it was read."""
+        async with self.database.read(self.organization_id) as session:
+            rows = await _buffer_rows(session, self.agent_id, self.context.buffer_start)
+            return rows, await _last_sequence(session, self.agent_id)
+
+    async def _store(self, summary: str, kept: Sequence[Message], last: int) -> ChatMessage:
+        """One transaction: the summary message, and the buffer's start moved to what is kept.
+
+        The agent's etag does not change (none of its settings did).  Refused
+        when messages were added since the buffer was read, or, on demand,
+        when a turn has started since.
+        """
+        start = kept[0].sequence_id if kept else last + 1
+
+        async def work(session: AsyncSession) -> None:
+            await load(session, Agent, self.agent_id, "agent", lock=True)
+            if self.run_id is None:
+                await _refuse_if_running(session, self.agent_id)
+            if await _last_sequence(session, self.agent_id) != last:
+                raise _busy(self.agent_id)
+            row = _summary_row(summary)
+            row.agent_id, row.sequence_id, row.run_id = self.agent_id, last + 1, self.run_id
+            session.add(row)
+            await session.execute(
+                update(Agent)
+                .where(Agent.id == self.agent_id)
+                .values(context_start_sequence=start)
+                .execution_options(synchronize_session=False)
+            )
+            await session.flush()
+
+        await self.database.run_transaction(work, self.organization_id)
+        self.context.buffer_start = start
+        self.context.system.recall_messages += 1
+        return ChatMessage(Role.USER, _summary_text(summary))
+
+
+def _specs(tools: Sequence[RuntimeTool]) -> list[ToolSpec]:
+    return [tool.spec for tool in tools]
+
+
+def _plan_entries(
+    system: ChatMessage, tools: Sequence[ToolSpec], rows: Sequence[Message]
+) -> list[BufferEntry]:
+    """The buffer as the planner sees it.
+
+    The tool schemas are counted with the system message: they go with every
+    call and, like it, cannot be evicted.
+    """
+    waiting = _calls_awaiting_results(rows)
+    system_tokens = estimate_message_tokens(system) + estimate_tools_tokens(tools)
+    entries = [BufferEntry("system", EntryRole.SYSTEM, system_tokens)]
+    for row in rows:
+        role = EntryRole.SUMMARY if _is_summary(row) else EntryRole(row.role)
+        tokens = estimate_message_tokens(_chat_message(row))
+        entries.append(BufferEntry(row.id, role, tokens, pending_approval=row.id in waiting))
+    return entries
+
+
+def _calls_awaiting_results(rows: Sequence[Message]) -> set[str]:
+    """Assistant messages with a tool call the buffer holds no result for: pending approvals."""
+    answered = {row.tool_call_id for row in rows if row.role == Role.TOOL.value}
+    return {
+        row.id
+        for row in rows
+        if row.role == Role.ASSISTANT.value
+        and any(str(call.get("id")) not in answered for call in row.tool_calls or ())
+    }
+
+
+def _summary_text(summary: str) -> str:
+    return f"{SUMMARY_HEADER}\n\n{summary}"
+
+
+def _summary_row(summary: str) -> Message:
+    """The stored form of a summary (agent, sequence and run filled in by the caller)."""
+    text = _summary_text(summary)
+    return Message(
+        role=Role.USER.value,
+        content=[{"type": "text", "text": text}, {"type": SUMMARY_ITEM}],
+        text=text,
+        name=RUNTIME_AUTHOR,
+        is_error=False,
+    )
+
+
+def _is_summary(row: Message) -> bool:
+    return any(item.get("type") == SUMMARY_ITEM for item in row.content or ())
+
+
+def _summary_body(row: Message) -> str:
+    """An earlier summary without its header, to be folded into the next one."""
+    return row.text.removeprefix(SUMMARY_HEADER).strip()
 
 
 # --- conversation search ---------------------------------------------------------------

@@ -31,6 +31,7 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_CANCELLED: _ClassVar[StopReason]
     STOP_REASON_LLM_API_ERROR: _ClassVar[StopReason]
     STOP_REASON_ERROR: _ClassVar[StopReason]
+    STOP_REASON_CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT: _ClassVar[StopReason]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_CREATED: RunStatus
 RUN_STATUS_RUNNING: RunStatus
@@ -46,6 +47,7 @@ STOP_REASON_MAX_TOKENS_EXCEEDED: StopReason
 STOP_REASON_CANCELLED: StopReason
 STOP_REASON_LLM_API_ERROR: StopReason
 STOP_REASON_ERROR: StopReason
+STOP_REASON_CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT: StopReason
 
 class Run(_message.Message):
     __slots__ = ("name", "id", "agent", "status", "stop_reason", "error", "usage", "create_time", "end_time")

@@ -16,6 +16,14 @@ Two loop contracts exist, chosen by the agent's type:
   is told about (it does not reach the user).
 
 Tool rules apply to both (see :mod:`tool_rule_solver`).
+
+The loop does not manage the context window itself, since making room means
+storing a summary; whoever owns the conversation may pass two hooks on the
+:class:`Turn`: ``before_step`` runs before every model call (to compact when
+the context nears the window), and ``on_context_overflow`` runs when the
+provider refuses a call as too long, after which the call is retried, at
+most :data:`MAX_OVERFLOW_RETRIES` times per step.  Without them the loop
+behaves as if they did nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from engram.adapters.llm.chat import (
     ToolChoice,
     ToolSpec,
 )
+from engram.adapters.llm.errors import ContextWindowExceededError
 from engram.adapters.llm.registry import LLMProvider
 from engram.services.runtime.core_memory import (
     MEMORY_TOOL_NAMES,
@@ -55,6 +64,9 @@ from engram.services.runtime.tool_rule_solver import (
 SEND_MESSAGE = "send_message"
 HEARTBEAT_ARGUMENT = "request_heartbeat"
 DEFAULT_MAX_STEPS = 50
+# How many times one step's model call is retried after the context overflowed
+# and the overflow hook made room; the next overflow fails the turn.
+MAX_OVERFLOW_RETRIES = 3
 
 # What the model is told, in our own words.
 NO_TOOL_CALL_NOTICE = (
@@ -95,6 +107,10 @@ class ToolOutcome:
 
 # Runs a tool the loop does not run itself (custom tools, search): (name, arguments) -> outcome.
 ToolRunner = Callable[[str, Mapping[str, Any]], Awaitable[ToolOutcome]]
+# Runs before each model call; may rewrite ``turn.history`` (compaction).
+StepHook = Callable[["Turn"], Awaitable[None]]
+# Runs when the provider refused a call as too long; True when it made room to retry.
+OverflowHook = Callable[["Turn"], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,9 @@ class Turn:
     history: list[ChatMessage]
     cancelled: Callable[[], bool] = lambda: False
     new_messages: list[ChatMessage] = field(default_factory=list)
+    # Context-window management (see the module's docstring); None leaves the history as is.
+    before_step: StepHook | None = None
+    on_context_overflow: OverflowHook | None = None
 
     def append(self, message: ChatMessage) -> None:
         self.history.append(message)
@@ -224,8 +243,13 @@ async def run_turn(turn: Turn) -> AsyncIterator[TurnEvent]:
             break
         step += 1
         yield StepStarted(step)
+        # After StepStarted, which is when a caller that persists (MessageService)
+        # stores the previous step: a hook that rewrites the history then works
+        # on messages that are all stored.
+        if turn.before_step is not None:
+            await turn.before_step(turn)
         result: ChatResult | None = None
-        async for event in _call_model(turn, step):
+        async for event in _call_model_making_room(turn, step):
             if isinstance(event, ChatResult):
                 result = event
             else:
@@ -262,6 +286,29 @@ def _offered_tools(turn: Turn) -> tuple[list[ToolSpec], ToolChoice]:
     if turn.settings.contract is LoopContract.HEARTBEAT and specs:
         return specs, ToolChoice("required")
     return specs, ToolChoice("auto")
+
+
+async def _call_model_making_room(turn: Turn, step: int) -> AsyncIterator[TurnEvent | ChatResult]:
+    """The model call, retried after the overflow hook made room in the context.
+
+    A provider reports an overflow before it sends anything; an overflow
+    after events were passed on is not retried, which would repeat them.
+    """
+    retries = 0
+    while True:
+        sent_any = False
+        try:
+            async for event in _call_model(turn, step):
+                sent_any = True
+                yield event
+            return
+        except ContextWindowExceededError:
+            hook = turn.on_context_overflow
+            if sent_any or hook is None or retries >= MAX_OVERFLOW_RETRIES:
+                raise
+            if not await hook(turn):
+                raise
+            retries += 1
 
 
 async def _call_model(turn: Turn, step: int) -> AsyncIterator[TurnEvent | ChatResult]:
