@@ -30,6 +30,7 @@ from engram.services.messages import (
 )
 from engram.services.pagination import InvalidPageTokenError
 from engram.services.runtime.turn import (
+    DENIED_NOTICE,
     HEARTBEAT_ARGUMENT,
     AssistantEvent,
     StepStarted,
@@ -516,3 +517,144 @@ async def test_a_foreign_organization_gets_not_found(world: World) -> None:
     with pytest.raises(NotFoundError):
         await world.service.list_runs(stranger, agent_id, 10, "")
     assert (await world.service.list_runs(stranger, None, 10, ""))[0] == []
+
+
+# --- approvals -----------------------------------------------------------------------
+
+SEARCH_NEEDS_APPROVAL = [{"requires_approval": {"tool_name": "conversation_search"}}]
+
+
+async def review(
+    world: World, agent_id: str, call_id: str, approve: bool, **options: Any
+) -> list[RunEvent]:
+    reviewed = world.service.submit_approval(world.caller, agent_id, call_id, approve, **options)
+    return [event async for event in reviewed]
+
+
+async def paused_agent(world: World, agent_type: str = "native") -> str:
+    """An agent whose last turn stopped on conversation_search call p1, awaiting approval."""
+    agent_id = await make_agent(world, agent_type, tool_rules=SEARCH_NEEDS_APPROVAL)
+    first = await send(world, agent_id, "Search for cats")
+    assert finished(first).stop_reason is StopReason.REQUIRES_APPROVAL
+    return agent_id
+
+
+async def test_an_approved_call_runs_and_the_turn_goes_on(world: World) -> None:
+    world.fake.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")]),
+        Reply(text="Nothing about cats yet."),
+    )
+    agent_id = await paused_agent(world)
+
+    events = await review(world, agent_id, "p1", True)
+
+    run_id = events[0].run_id
+    answered = turn_events(events)[0]
+    assert isinstance(answered, ToolReturnEvent)
+    assert (answered.call_id, answered.name, answered.ok) == ("p1", "conversation_search", True)
+    assert finished(events).stop_reason is StopReason.END_TURN
+    view = await world.service.get_run(world.caller, run_id)
+    assert (view.run.status, view.run.stop_reason, view.step_count) == ("completed", "end_turn", 1)
+    # The model saw the call answered by the tool, and all of it is stored in the new run.
+    assert sent_messages(world.fake)[-1]["tool_call_id"] == "p1"
+    stored = await world.service.messages_of_run(world.caller, run_id)
+    assert [(m.role, m.tool_call_id, m.is_error) for m in stored] == [
+        ("tool", "p1", False),
+        ("assistant", None, False),
+    ]
+    assert stored[0].step_id is None and stored[1].text == "Nothing about cats yet."
+    # Answered now: the same call cannot be reviewed twice.
+    with pytest.raises(FailedPreconditionError) as again:
+        await review(world, agent_id, "p1", True)
+    assert again.value.violation_type == "NO_PENDING_APPROVAL"
+
+
+async def test_a_denied_call_is_refused_and_the_agent_reacts(world: World) -> None:
+    world.fake.script(
+        Reply(
+            tool_calls=[
+                ToolCall(
+                    "conversation_search", {"query": "cats", HEARTBEAT_ARGUMENT: True}, id="p1"
+                )
+            ]
+        ),
+        Reply(
+            tool_calls=[
+                ToolCall("send_message", {"message": "Understood.", HEARTBEAT_ARGUMENT: False})
+            ]
+        ),
+    )
+    agent_id = await paused_agent(world, "heartbeat")
+
+    events = await review(world, agent_id, "p1", False, reason="too private")
+
+    denied = turn_events(events)[0]
+    assert isinstance(denied, ToolReturnEvent)
+    assert denied.call_id == "p1" and not denied.ok and "too private" in denied.text
+    assert AssistantEvent("Understood.") in turn_events(events)
+    assert finished(events).stop_reason is StopReason.END_TURN
+    stored = await world.service.messages_of_run(world.caller, events[0].run_id)
+    assert [(m.role, m.name) for m in stored][:2] == [
+        ("tool", "conversation_search"),
+        ("user", "engram"),
+    ]
+    assert stored[0].is_error and "too private" in stored[0].text
+    assert stored[1].text == DENIED_NOTICE
+
+
+async def test_only_the_pending_call_can_be_reviewed(world: World) -> None:
+    world.fake.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")]),
+        Reply(text="Fine."),
+    )
+    agent_id = await paused_agent(world)
+    runs_before, _ = await world.service.list_runs(world.caller, agent_id, 10, "")
+
+    with pytest.raises(FailedPreconditionError) as wrong:
+        await review(world, agent_id, "p2", True)
+    assert wrong.value.violation_type == "NO_PENDING_APPROVAL"
+    assert wrong.value.subject == f"agents/{agent_id}"
+    # Refused before a run exists.
+    runs_after, _ = await world.service.list_runs(world.caller, agent_id, 10, "")
+    assert len(runs_after) == len(runs_before)
+    with pytest.raises(InvalidArgumentError):
+        await review(world, agent_id, " ", True)
+
+    # A new message closes the call: nothing is pending any more.
+    await send(world, agent_id, "Never mind")
+    with pytest.raises(FailedPreconditionError) as closed:
+        await review(world, agent_id, "p1", True)
+    assert closed.value.violation_type == "NO_PENDING_APPROVAL"
+
+
+async def test_an_agent_that_never_paused_has_nothing_to_review(world: World) -> None:
+    world.fake.script(Reply(text="Hello."))
+    agent_id = await make_agent(world)
+    with pytest.raises(FailedPreconditionError) as empty:
+        await review(world, agent_id, "p1", True)
+    assert empty.value.violation_type == "NO_PENDING_APPROVAL"
+    await send(world, agent_id, "Hi")
+    with pytest.raises(FailedPreconditionError) as answered:
+        await review(world, agent_id, "p1", False)
+    assert answered.value.violation_type == "NO_PENDING_APPROVAL"
+
+
+async def test_a_review_on_a_busy_agent_is_refused(world: World) -> None:
+    world.fake.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")]),
+        Reply(text="Slowly.", delay=0.5),
+    )
+    agent_id = await paused_agent(world)
+
+    first = world.service.submit_approval(world.caller, agent_id, "p1", True)
+    started = await anext(first)
+    assert isinstance(started.event, RunStarted)
+    with pytest.raises(FailedPreconditionError) as busy:
+        await review(world, agent_id, "p1", True)
+    assert busy.value.violation_type == "AGENT_BUSY"
+    other_process = MessageService(world.database, world.service.providers)
+    with pytest.raises(FailedPreconditionError) as elsewhere:
+        await anext(other_process.submit_approval(world.caller, agent_id, "p1", True))
+    assert elsewhere.value.violation_type == "AGENT_BUSY"
+    rest = [event async for event in first]
+    assert finished([started, *rest]).stop_reason is StopReason.END_TURN

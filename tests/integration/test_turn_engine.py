@@ -7,16 +7,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engram.adapters.llm.chat import ChatMessage, Role, ToolSpec
+from engram.adapters.llm.chat import ToolCall as ChatToolCall
 from engram.adapters.llm.openai_chat import OpenAIChatProvider, OpenAIChatSettings
 from engram.services.base_tools import BASE_TOOLS
 from engram.services.runtime.core_memory import CoreMemory, MemoryBlockState
 from engram.services.runtime.tool_rule_solver import ToolRuleSolver
 from engram.services.runtime.turn import (
+    DENIED_NOTICE,
     HEARTBEAT_ARGUMENT,
     NO_TOOL_CALL_NOTICE,
     ApprovalRequestEvent,
     AssistantEvent,
     LoopContract,
+    PendingDecision,
     ReasoningEvent,
     RuntimeTool,
     StepFinished,
@@ -334,3 +337,75 @@ async def test_approval_pauses_the_turn_before_the_tool_runs(fake_provider: Fake
     assert [type(e) for e in events[-3:]] == [ToolCallEvent, ApprovalRequestEvent, TurnFinished]
     assert finished(events).stop_reason is StopReason.REQUIRES_APPROVAL
     assert not any(isinstance(e, ToolReturnEvent) for e in events)
+
+
+def resuming(turn: Turn, call: ChatToolCall, *, approve: bool, reason: str = "") -> Turn:
+    """The turn as the one after an approval stop: the paused call is the last message."""
+    turn.history.append(ChatMessage(Role.ASSISTANT, "", tool_calls=(call,)))
+    turn.resume = PendingDecision(call, approve, reason)
+    return turn
+
+
+async def test_an_approved_call_runs_first_and_the_turn_continues(
+    fake_provider: FakeProvider,
+) -> None:
+    fake_provider.script(Reply(text="You rolled a 4."))
+    call = ChatToolCall("c9", "roll_die", json.dumps({"sides": 6}))
+    turn = resuming(
+        make_turn(
+            fake_provider,
+            LoopContract.NATIVE,
+            tools=[RuntimeTool(ROLL)],
+            rules=[{"requires_approval": {"tool_name": "roll_die"}}],
+        ),
+        call,
+        approve=True,
+    )
+    events = await events_of(turn)
+    assert events[0] == ToolReturnEvent("c9", "roll_die", "roll_die ran with {'sides': 6}", True)
+    assert isinstance(events[1], StepStarted)
+    assert AssistantEvent("You rolled a 4.") in events
+    assert finished(events).stop_reason is StopReason.END_TURN
+    assert finished(events).steps == 1
+    # The model saw the call answered, and the tool result is among the new messages.
+    sent = bodies(fake_provider)[0]["messages"]
+    assert sent[-1]["role"] == "tool" and sent[-1]["tool_call_id"] == "c9"
+    assert [m.role for m in turn.new_messages] == [Role.TOOL, Role.ASSISTANT]
+    assert turn.solver.call_count("roll_die") == 1
+
+
+async def test_a_denied_call_is_answered_and_the_agent_reacts(
+    fake_provider: FakeProvider,
+) -> None:
+    fake_provider.script(
+        Reply(
+            tool_calls=[
+                ToolCall(
+                    "send_message", {"message": "Alright, no dice.", HEARTBEAT_ARGUMENT: False}
+                )
+            ]
+        )
+    )
+    call = ChatToolCall("c9", "roll_die", json.dumps({"sides": 6, HEARTBEAT_ARGUMENT: False}))
+    turn = resuming(
+        make_turn(
+            fake_provider,
+            LoopContract.HEARTBEAT,
+            tools=[RuntimeTool(ROLL), base("send_message")],
+            rules=[{"requires_approval": {"tool_name": "roll_die"}}],
+        ),
+        call,
+        approve=False,
+        reason="not now",
+    )
+    events = await events_of(turn)
+    denied = events[0]
+    assert isinstance(denied, ToolReturnEvent)
+    assert denied.call_id == "c9" and not denied.ok and "not now" in denied.text
+    assert AssistantEvent("Alright, no dice.") in events
+    assert finished(events).stop_reason is StopReason.END_TURN
+    # The tool never ran, and the heartbeat model was told why it gets a step.
+    assert turn.solver.call_count("roll_die") == 0
+    sent = bodies(fake_provider)[0]["messages"]
+    assert sent[-2]["role"] == "tool" and "not now" in sent[-2]["content"]
+    assert sent[-1] == {"role": "user", "content": DENIED_NOTICE}

@@ -142,9 +142,14 @@ def _turn_request(request: Any) -> tuple[str, str, int]:
     agent_id = agent_id_of(request.agent, "agent")
     if not request.text.strip():
         raise InvalidArgumentError.field("text", "is required")
-    if not 0 <= request.max_steps <= MAX_STEPS_LIMIT:
+    return agent_id, request.text, _max_steps(request.max_steps)
+
+
+def _max_steps(requested: int) -> int:
+    """The step limit a request asks for; 0 means the default."""
+    if not 0 <= requested <= MAX_STEPS_LIMIT:
         raise InvalidArgumentError.field("max_steps", f"must be between 0 and {MAX_STEPS_LIMIT}")
-    return agent_id, request.text, request.max_steps or DEFAULT_MAX_STEPS
+    return requested or DEFAULT_MAX_STEPS
 
 
 class _EventStream:
@@ -288,12 +293,46 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
         request: message_service_pb2.StreamMessageRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[message_service_pb2.TurnEvent]:
-        caller = current_caller()
         agent_id, text, max_steps = _turn_request(request)
-        stream = _EventStream()
         turn = self.service.send(
-            caller, agent_id, text, stream_tokens=request.stream_tokens, max_steps=max_steps
+            current_caller(),
+            agent_id,
+            text,
+            stream_tokens=request.stream_tokens,
+            max_steps=max_steps,
         )
+        async for event in self._stream_turn(turn):
+            yield event
+
+    async def SubmitApproval(
+        self,
+        request: message_service_pb2.SubmitApprovalRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[message_service_pb2.TurnEvent]:
+        agent_id = agent_id_of(request.agent, "agent")
+        if not request.call_id.strip():
+            raise InvalidArgumentError.field("call_id", "is required")
+        turn = self.service.submit_approval(
+            current_caller(),
+            agent_id,
+            request.call_id,
+            request.approve,
+            request.reason,
+            stream_tokens=request.stream_tokens,
+            max_steps=_max_steps(request.max_steps),
+        )
+        async for event in self._stream_turn(turn):
+            yield event
+
+    async def _stream_turn(
+        self, turn: AsyncIterator[RunEvent]
+    ) -> AsyncIterator[message_service_pb2.TurnEvent]:
+        """A turn as the client streams it: numbered events, pings, and failures as events.
+
+        Shared by every streaming RPC, so a continued turn reads exactly like
+        one started by a message.
+        """
+        stream = _EventStream()
         interval = self.app.settings.stream_ping_interval_seconds
         try:
             async for item in _with_pings(turn, interval):

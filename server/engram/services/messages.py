@@ -36,7 +36,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -75,6 +75,7 @@ from engram.services.runtime.tool_rule_solver import ToolRuleSolver
 from engram.services.runtime.turn import (
     DEFAULT_MAX_STEPS,
     LoopContract,
+    PendingDecision,
     RuntimeTool,
     StepFinished,
     StepStarted,
@@ -208,7 +209,53 @@ class MessageService:
         (or cancelled) and are raised again.  Closing the generator early, or
         cancelling the task reading it, cancels the turn and its run.
         """
-        text = _checked_text(text)
+        turn = self._turn(
+            caller, agent_id, _checked_text(text), stream_tokens=stream_tokens, max_steps=max_steps
+        )
+        async with contextlib.aclosing(turn):
+            async for event in turn:
+                yield event
+
+    async def submit_approval(
+        self,
+        caller: Caller,
+        agent_id: str,
+        call_id: str,
+        approve: bool,
+        reason: str = "",
+        *,
+        stream_tokens: bool = False,
+        max_steps: int = DEFAULT_MAX_STEPS,
+    ) -> AsyncGenerator[RunEvent, None]:
+        """Answer the tool call the agent's last turn stopped on, and run the turn that follows.
+
+        Like :meth:`send`, but the new run opens with the reviewed call's
+        result instead of a user message: the tool's, when approved, or a
+        refusal (with ``reason``) the agent then gets a step to react to.  The
+        call must be an unanswered call of the agent's last assistant message
+        (only a pause for approval leaves one); anything else is refused with
+        NO_PENDING_APPROVAL before a run exists.
+        """
+        if not call_id.strip():
+            raise InvalidArgumentError.field("call_id", "is required")
+        review = _Review(call_id, approve, reason.replace("\x00", ""))
+        turn = self._turn(
+            caller, agent_id, review, stream_tokens=stream_tokens, max_steps=max_steps
+        )
+        async with contextlib.aclosing(turn):
+            async for event in turn:
+                yield event
+
+    async def _turn(
+        self,
+        caller: Caller,
+        agent_id: str,
+        opening: _Opening,
+        *,
+        stream_tokens: bool,
+        max_steps: int,
+    ) -> AsyncGenerator[RunEvent, None]:
+        """Claim the agent, start a run, and run the turn that ``opening`` starts."""
         if max_steps < 1:
             raise InvalidArgumentError.field("max_steps", "must be at least 1")
         agent = await self._agent(caller, agent_id)
@@ -221,11 +268,11 @@ class MessageService:
             **_model_settings(agent.model_settings),
         )
         async with self._claim(agent_id):
-            run_id = await self._start_run(caller, agent_id)
+            run_id, opening = await self._start_run(caller, agent_id, opening)
             recorder = _TurnRecorder(
                 self.database, caller.organization_id, agent_id, run_id, provider.name
             )
-            turn_events = self._turn_events(caller, recorder, text, provider, settings)
+            turn_events = self._turn_events(caller, recorder, opening, provider, settings)
             async with contextlib.aclosing(turn_events):
                 async for event in turn_events:
                     yield event
@@ -256,20 +303,27 @@ class MessageService:
             if self._turn_locks.get(agent_id) is lock and not lock.locked():
                 del self._turn_locks[agent_id]
 
-    async def _start_run(self, caller: Caller, agent_id: str) -> str:
+    async def _start_run(
+        self, caller: Caller, agent_id: str, opening: _Opening
+    ) -> tuple[str, _Opening]:
         """Create the turn's run, unless another process is running a turn on the agent.
 
         The agent row is locked first, so two processes cannot both find no
-        running run and both start one.
+        running run and both start one.  A review is checked in the same
+        transaction (and comes back with where its call is stored), so a
+        refused one leaves no run behind.
         """
 
-        async def work(session: AsyncSession) -> str:
+        async def work(session: AsyncSession) -> tuple[str, _Opening]:
             await load(session, Agent, agent_id, "agent", lock=True)
             await _refuse_if_running(session, agent_id)
+            checked = opening
+            if isinstance(opening, _Review):
+                checked = await _locate_pending_call(session, agent_id, opening)
             run = Run(agent_id=agent_id, status=RUNNING, background=False, metadata_={})
             session.add(run)
             await session.flush()
-            return run.id
+            return run.id, checked
 
         return await self.database.run_transaction(work, caller.organization_id)
 
@@ -277,7 +331,7 @@ class MessageService:
         self,
         caller: Caller,
         recorder: _TurnRecorder,
-        text: str,
+        opening: _Opening,
         provider: LLMProvider,
         settings: TurnSettings,
     ) -> AsyncGenerator[RunEvent, None]:
@@ -285,7 +339,7 @@ class MessageService:
         run_id = recorder.run_id
         try:
             yield RunEvent(run_id, RunStarted(run_id))
-            turn = await self._prepare_turn(caller, recorder, text, provider, settings)
+            turn = await self._prepare_turn(caller, recorder, opening, provider, settings)
             # run_turn is an async generator; closing it ends the model call it is in.
             loop_events = cast(AsyncGenerator[TurnEvent, None], run_turn(turn))
             async with contextlib.aclosing(loop_events) as events:
@@ -315,16 +369,33 @@ class MessageService:
         self,
         caller: Caller,
         recorder: _TurnRecorder,
-        text: str,
+        opening: _Opening,
         provider: LLMProvider,
         settings: TurnSettings,
     ) -> Turn:
-        """Load the agent's state, store the user's message, and build the turn."""
-        context = await _load_context(self.database, caller.organization_id, recorder.agent_id)
-        closing = _close_unanswered_calls(context.buffer)
-        user_message = ChatMessage(Role.USER, text)
-        await recorder.store_opening([*closing, user_message])
-        context.system.recall_messages += len(closing) + 1
+        """Load the agent's state, store the user's message, and build the turn.
+
+        A review stores nothing here: the loop answers the reviewed call itself,
+        and the call's result is stored with the first checkpoint.
+        """
+        review = opening if isinstance(opening, _Review) else None
+        context = await _load_context(
+            self.database,
+            caller.organization_id,
+            recorder.agent_id,
+            keep_from=review.sequence if review is not None else None,
+        )
+        opened: list[ChatMessage] = []
+        resume: PendingDecision | None = None
+        if review is not None:
+            resume = _pending_decision(recorder.agent_id, context.buffer, review)
+        else:
+            opened = [
+                *_close_unanswered_calls(context.buffer),
+                ChatMessage(Role.USER, str(opening)),
+            ]
+            await recorder.store_opening(opened)
+        context.system.recall_messages += len(opened)
         compactor = _Compactor(
             self.database,
             caller.organization_id,
@@ -344,11 +415,11 @@ class MessageService:
             history=[
                 context.system.compile(context.memory),
                 *context.buffer,
-                *closing,
-                user_message,
+                *opened,
             ],
             before_step=compactor.before_step,
             on_context_overflow=compactor.on_overflow,
+            resume=resume,
         )
         recorder.attach(turn, context.system)
         return turn
@@ -469,7 +540,7 @@ class MessageService:
             return await _run_views(session, runs), token
 
     async def messages_of_run(self, caller: Caller, run_id: str) -> list[Message]:
-        """The messages a run stored (the user's first), in sequence order."""
+        """A run's messages in sequence order, the user's (or a reviewed call's result) first."""
         async with self.database.read(caller.organization_id) as session:
             await load(session, Run, run_id, "run")
             rows = await session.scalars(
@@ -516,6 +587,15 @@ def _busy(agent_id: str) -> FailedPreconditionError:
         f"agent {agent_id} is already running a turn; wait for it to finish",
         subject=f"agents/{agent_id}",
         violation_type="AGENT_BUSY",
+    )
+
+
+def _no_pending_approval(agent_id: str, call_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"agents/{agent_id} has no tool call {call_id!r} waiting for approval; "
+        "answer the call_id of the agent's latest approval request",
+        subject=f"agents/{agent_id}",
+        violation_type="NO_PENDING_APPROVAL",
     )
 
 
@@ -633,8 +713,14 @@ class _AgentContext:
     buffer_start: int  # the sequence number the buffer was read from
 
 
-async def _load_context(database: Database, organization_id: str, agent_id: str) -> _AgentContext:
-    """The agent's memory, tools, rules and buffer, read once at the start of a turn."""
+async def _load_context(
+    database: Database, organization_id: str, agent_id: str, *, keep_from: int | None = None
+) -> _AgentContext:
+    """The agent's memory, tools, rules and buffer, read once at the start of a turn.
+
+    ``keep_from`` (the sequence of a call being reviewed) widens the buffer to
+    include it, so its result never reaches the model without the call.
+    """
     async with database.read(organization_id) as session:
         agent = await load(session, Agent, agent_id, "agent")
         blocks = (
@@ -655,6 +741,8 @@ async def _load_context(database: Database, organization_id: str, agent_id: str)
         recall = await _last_sequence(session, agent_id)
         # An agent that clears its buffer starts each turn from the turn's own messages.
         start = recall + 1 if agent.message_buffer_autoclear else agent.context_start_sequence
+        if keep_from is not None:
+            start = min(start, keep_from)
         buffer = await _buffer_rows(session, agent_id, start)
         passages = await _passage_count(session, agent_id)
     solver = ToolRuleSolver.from_rules([*agent.tool_rules, *_approval_rules(tools)])
@@ -760,6 +848,67 @@ def _close_unanswered_calls(buffer: Sequence[ChatMessage]) -> list[ChatMessage]:
         for call in buffer[last].tool_calls
         if call.id not in answered
     ]
+
+
+@dataclass(frozen=True)
+class _Review:
+    """A client's answer to an approval request: what opens a turn instead of a message.
+
+    ``sequence`` is where the reviewed call is stored, found when the run starts.
+    """
+
+    call_id: str
+    approve: bool
+    reason: str
+    sequence: int = 0
+
+
+# What a turn opens with: the user's text, or the review of a paused call.
+_Opening = str | _Review
+
+
+async def _locate_pending_call(session: AsyncSession, agent_id: str, review: _Review) -> _Review:
+    """The review with its call's sequence; NO_PENDING_APPROVAL unless the call awaits one.
+
+    Only a pause for approval leaves a call without a result, and only in the
+    agent's last assistant message (steps are stored whole).
+    """
+    last = await session.scalar(
+        select(Message)
+        .where(Message.agent_id == agent_id, Message.role == Role.ASSISTANT.value)
+        .order_by(Message.sequence_id.desc())
+        .limit(1)
+    )
+    calls = {str(call.get("id")) for call in (last.tool_calls or ())} if last else set()
+    if last is None or review.call_id not in calls:
+        raise _no_pending_approval(agent_id, review.call_id)
+    answered = await session.scalar(
+        select(func.count())
+        .select_from(Message)
+        .where(
+            Message.agent_id == agent_id,
+            Message.role == Role.TOOL.value,
+            Message.sequence_id > last.sequence_id,
+            Message.tool_call_id == review.call_id,
+        )
+    )
+    if answered:
+        raise _no_pending_approval(agent_id, review.call_id)
+    return replace(review, sequence=last.sequence_id)
+
+
+def _pending_decision(
+    agent_id: str, buffer: Sequence[ChatMessage], review: _Review
+) -> PendingDecision:
+    """The reviewed call as the loop resumes with it, read from the buffer it will answer."""
+    assistant = next((m for m in reversed(buffer) if m.role is Role.ASSISTANT), None)
+    answered = {m.tool_call_id for m in buffer if m.role is Role.TOOL}
+    calls = assistant.tool_calls if assistant is not None else ()
+    call = next((c for c in calls if c.id == review.call_id), None)
+    if call is None or call.id in answered:
+        # Checked when the run started; only a compaction in between could hide it.
+        raise _no_pending_approval(agent_id, review.call_id)
+    return PendingDecision(call, review.approve, review.reason)
 
 
 # --- stored messages <-> chat messages -------------------------------------------------
@@ -913,18 +1062,21 @@ class _TurnRecorder:
 
     async def _checkpoint(self, stop: StopReason | None) -> None:
         """One transaction: the finished step, its messages, changed memory (and the run's end)."""
-        if self._step is None and stop is None:
-            return
         assert self._turn is not None and self._system is not None
         turn, step = self._turn, self._step
         pending = list(turn.new_messages[self._saved :])
+        # Messages before the first step: the result of a reviewed call.
+        if step is None and stop is None and not pending:
+            return
         changed, created = turn.memory.changed_labels(), turn.memory.created_labels()
 
         async def work(session: AsyncSession) -> None:
             now = utc_now()
             run = await load(session, Run, self.run_id, "run")
+            step_id = None
             if step is not None:
                 step_id = await self._add_step(session, step, COMPLETED, now)
+            if pending:
                 await _add_messages(session, self.agent_id, self.run_id, step_id, pending)
             await _save_memory(session, self.agent_id, turn.memory, changed, created, now)
             if stop is None:

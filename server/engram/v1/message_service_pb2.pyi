@@ -44,6 +44,22 @@ class StreamMessageRequest(_message.Message):
     stream_tokens: bool
     def __init__(self, agent: _Optional[str] = ..., text: _Optional[str] = ..., max_steps: _Optional[int] = ..., stream_tokens: _Optional[bool] = ...) -> None: ...
 
+class SubmitApprovalRequest(_message.Message):
+    __slots__ = ("agent", "call_id", "approve", "reason", "stream_tokens", "max_steps")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    call_id: str
+    approve: bool
+    reason: str
+    stream_tokens: bool
+    max_steps: int
+    def __init__(self, agent: _Optional[str] = ..., call_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., stream_tokens: _Optional[bool] = ..., max_steps: _Optional[int] = ...) -> None: ...
+
 class TurnEvent(_message.Message):
     __slots__ = ("run", "seq", "step", "reasoning", "hidden_reasoning", "assistant_message", "tool_call", "tool_return", "approval_request", "stop_reason", "usage", "ping", "error")
     RUN_FIELD_NUMBER: _ClassVar[int]

@@ -62,6 +62,11 @@ class MessageServiceStub:
                 request_serializer=engram_dot_v1_dot_message__service__pb2.ResetMessagesRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SubmitApproval = channel.unary_stream(
+                '/engram.v1.MessageService/SubmitApproval',
+                request_serializer=engram_dot_v1_dot_message__service__pb2.SubmitApprovalRequest.SerializeToString,
+                response_deserializer=engram_dot_v1_dot_message__service__pb2.TurnEvent.FromString,
+                _registered_method=True)
 
 
 class MessageServiceServicer:
@@ -108,6 +113,28 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitApproval(self, request, context):
+        """Answers the approval request that paused the agent's last turn, and
+        streams the turn that follows, exactly as StreamMessage streams one (a
+        new run; numbered events from 1; `stop_reason` then `usage` at the end;
+        an `error` event if the run fails).
+
+        The reviewed call must be the agent's pending one: a call of the last
+        stored assistant message that needed approval and has no result yet.
+        Anything else (another call id, or nothing pending) is
+        FAILED_PRECONDITION with a `PreconditionFailure` of type
+        NO_PENDING_APPROVAL; a turn in progress is AGENT_BUSY as for messages.
+
+        Approving runs the tool; denying runs nothing and gives the agent a tool
+        result saying the user refused the call (with `reason`, if given). Either
+        way the first events are the reviewed call's `tool_return`, and the
+        agent then continues as after any tool call, so a denial is never left
+        unanswered: the agent gets a step to react to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +157,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.ResetMessages,
                     request_deserializer=engram_dot_v1_dot_message__service__pb2.ResetMessagesRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'SubmitApproval': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubmitApproval,
+                    request_deserializer=engram_dot_v1_dot_message__service__pb2.SubmitApprovalRequest.FromString,
+                    response_serializer=engram_dot_v1_dot_message__service__pb2.TurnEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -246,6 +278,33 @@ class MessageService:
             '/engram.v1.MessageService/ResetMessages',
             engram_dot_v1_dot_message__service__pb2.ResetMessagesRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/engram.v1.MessageService/SubmitApproval',
+            engram_dot_v1_dot_message__service__pb2.SubmitApprovalRequest.SerializeToString,
+            engram_dot_v1_dot_message__service__pb2.TurnEvent.FromString,
             options,
             channel_credentials,
             insecure,

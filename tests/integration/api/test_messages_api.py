@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import grpc
 import pytest
-from google.rpc import code_pb2
+from google.protobuf import json_format
+from google.rpc import code_pb2, error_details_pb2
 
 from engram.config.settings import Settings
-from engram.rpc.errors import reason_of
+from engram.rpc.errors import reason_of, unpack_detail
 from engram.store.database import Database
 from engram.v1 import (
     agent_pb2,
@@ -19,6 +21,7 @@ from engram.v1 import (
     message_pb2,
     message_service_pb2,
     run_pb2,
+    tool_rule_pb2,
 )
 from support.api import ApiHarness, Client, rich_status, running_api
 from support.fake_provider import ErrorReply, FakeProvider, Reply, ToolCall
@@ -27,17 +30,35 @@ from support.llm import MODEL, fake_registry
 TurnEvent = message_service_pb2.TurnEvent
 
 
+@asynccontextmanager
+async def chat_server(
+    settings: Settings, database: Database, fake_provider: FakeProvider, ping_seconds: float
+) -> AsyncIterator[ApiHarness]:
+    registry = fake_registry(fake_provider)
+    configured = settings.model_copy(update={"stream_ping_interval_seconds": ping_seconds})
+    try:
+        async with running_api(configured, database, registry) as harness:
+            yield harness
+    finally:
+        await registry.close()
+
+
 @pytest.fixture
 async def chat(
     settings: Settings, database: Database, fake_provider: FakeProvider
 ) -> AsyncIterator[ApiHarness]:
-    registry = fake_registry(fake_provider)
-    fast_pings = settings.model_copy(update={"stream_ping_interval_seconds": 0.05})
-    try:
-        async with running_api(fast_pings, database, registry) as harness:
-            yield harness
-    finally:
-        await registry.close()
+    # Pings far apart, so that a slow moment (a garbage collection, a loaded CI
+    # machine) never puts one in a stream a test expects exactly.
+    async with chat_server(settings, database, fake_provider, 30.0) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def chat_with_fast_pings(
+    settings: Settings, database: Database, fake_provider: FakeProvider
+) -> AsyncIterator[ApiHarness]:
+    async with chat_server(settings, database, fake_provider, 0.05) as harness:
+        yield harness
 
 
 async def new_agent(client: Client, agent_type: int = agent_pb2.AGENT_TYPE_NATIVE) -> str:
@@ -145,7 +166,10 @@ async def test_token_streaming_sends_pieces_of_one_step(
     )
 
 
-async def test_a_slow_model_gets_pings(chat: ApiHarness, fake_provider: FakeProvider) -> None:
+async def test_a_slow_model_gets_pings(
+    chat_with_fast_pings: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    chat = chat_with_fast_pings
     agent = await new_agent(chat.org_a)
     fake_provider.script(Reply(text="Finally.", delay=0.4))
     events = await stream(chat.org_a, agent, "Hi")
@@ -297,3 +321,102 @@ async def test_heartbeat_agents_answer_through_send_message(
         "usage",
     ]
     assert events[1].assistant_message.text == "Hi Ada!"
+
+
+# --- approvals -----------------------------------------------------------------------
+
+
+async def paused_agent(client: Client, fake_provider: FakeProvider) -> str:
+    """An agent whose turn stopped on conversation_search call p1, asserted through the stream."""
+    needs_approval = json_format.ParseDict(
+        {"requires_approval": {"tool_name": "conversation_search"}}, tool_rule_pb2.ToolRule()
+    )
+    agent = await client.agents.CreateAgent(
+        agent_service_pb2.CreateAgentRequest(
+            agent=agent_pb2.Agent(
+                display_name="pal",
+                model=MODEL,
+                agent_type=agent_pb2.AGENT_TYPE_NATIVE,
+                tool_rules=[needs_approval],
+            )
+        )
+    )
+    fake_provider.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")])
+    )
+    events = await stream(client, agent.name, "Search for cats")
+    assert kinds(events) == ["tool_call", "approval_request", "stop_reason", "usage"]
+    assert events[1].approval_request.call_id == "p1"
+    assert events[2].stop_reason.stop_reason == run_pb2.STOP_REASON_REQUIRES_APPROVAL
+    return str(agent.name)
+
+
+async def submit(client: Client, agent: str, call_id: str, **options: object) -> list[TurnEvent]:
+    call = client.messages.SubmitApproval(
+        message_service_pb2.SubmitApprovalRequest(agent=agent, call_id=call_id, **options)
+    )
+    return [event async for event in call]
+
+
+async def test_an_approval_streams_the_tool_result_then_the_rest_of_the_turn(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await paused_agent(chat.org_a, fake_provider)
+    fake_provider.script(Reply(text="No cats so far.", prompt_tokens=9, completion_tokens=2))
+
+    events = await submit(chat.org_a, agent, "p1", approve=True)
+
+    assert kinds(events) == ["tool_return", "assistant_message", "stop_reason", "usage"]
+    assert [event.seq for event in events] == [1, 2, 3, 4]
+    assert len({event.run for event in events}) == 1 and events[0].run.startswith("runs/run-")
+    assert events[0].tool_return.call_id == "p1" and events[0].tool_return.ok
+    assert events[1].assistant_message.text == "No cats so far."
+    assert events[2].stop_reason.stop_reason == run_pb2.STOP_REASON_END_TURN
+    assert events[3].usage.usage.prompt_tokens == 9
+    run = await chat.org_a.runs.GetRun(message_service_pb2.GetRunRequest(name=events[0].run))
+    assert run.status == run_pb2.RUN_STATUS_COMPLETED
+
+
+async def test_a_denial_is_streamed_and_answered_by_the_agent(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await paused_agent(chat.org_a, fake_provider)
+    fake_provider.script(Reply(text="Understood, I won't search."))
+
+    events = await submit(chat.org_a, agent, "p1", approve=False, reason="not today")
+
+    assert kinds(events) == ["tool_return", "assistant_message", "stop_reason", "usage"]
+    assert not events[0].tool_return.ok and "not today" in events[0].tool_return.text
+    history = await chat.org_a.messages.ListMessages(
+        message_service_pb2.ListMessagesRequest(parent=agent)
+    )
+    roles = [m.role for m in history.messages]
+    assert roles[-2:] == [message_pb2.MESSAGE_ROLE_TOOL, message_pb2.MESSAGE_ROLE_ASSISTANT]
+
+
+async def test_reviewing_a_call_that_is_not_pending_fails_the_precondition(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await paused_agent(chat.org_a, fake_provider)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await submit(chat.org_a, agent, "p2", approve=True)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    failure = unpack_detail(rich_status(refused.value), error_details_pb2.PreconditionFailure)
+    assert failure is not None
+    assert [v.type for v in failure.violations] == ["NO_PENDING_APPROVAL"]
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await submit(chat.org_a, agent, "", approve=True)
+    assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_another_organization_cannot_review_the_call(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await paused_agent(chat.org_a, fake_provider)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await submit(chat.org_b, agent, "p1", approve=True)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    # Still pending for its owner.
+    fake_provider.script(Reply(text="Done."))
+    events = await submit(chat.org_a, agent, "p1", approve=True)
+    assert kinds(events)[0] == "tool_return"

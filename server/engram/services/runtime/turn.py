@@ -24,6 +24,13 @@ the context nears the window), and ``on_context_overflow`` runs when the
 provider refuses a call as too long, after which the call is retried, at
 most :data:`MAX_OVERFLOW_RETRIES` times per step.  Without them the loop
 behaves as if they did nothing.
+
+A turn that stopped for approval is picked up by a new turn whose
+:class:`Turn` carries a :class:`PendingDecision` in ``resume``: before its
+first model call the loop runs the approved call (or answers a denied one
+with a refusal the model can read), and then goes on as after any tool call.
+The tool rules are applied to that call as to the first call of the new turn,
+since rule state (init, max-count, ...) is kept per turn.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ NO_TOOL_CALL_NOTICE = (
 )
 HEARTBEAT_NOTICE = "You asked to continue after your tool call; go on."
 RULE_CONTINUE_NOTICE = "A tool rule requires you to continue; go on."
+DENIED_NOTICE = "The user refused your tool call, so it did not run; take that into account."
 
 
 class LoopContract(enum.StrEnum):
@@ -189,6 +197,19 @@ TurnEvent = (
 )
 
 
+@dataclass(frozen=True)
+class PendingDecision:
+    """The user's answer to the call a previous turn stopped on for approval.
+
+    Carried by the turn that resumes the conversation instead of a new user
+    message, so the model sees the call answered before it is asked again.
+    """
+
+    call: ToolCall
+    approve: bool
+    reason: str = ""
+
+
 @dataclass
 class Turn:
     """The state of one turn; ``new_messages`` is what the caller must persist."""
@@ -205,6 +226,8 @@ class Turn:
     # Context-window management (see the module's docstring); None leaves the history as is.
     before_step: StepHook | None = None
     on_context_overflow: OverflowHook | None = None
+    # Set when the turn starts by answering a call that waited for approval.
+    resume: PendingDecision | None = None
 
     def append(self, message: ChatMessage) -> None:
         self.history.append(message)
@@ -237,6 +260,11 @@ async def run_turn(turn: Turn) -> AsyncIterator[TurnEvent]:
     prompt_tokens = completion_tokens = 0
     step = 0
     stop: StopReason | None = None
+    if turn.resume is not None:
+        opening: list[TurnEvent] = []
+        stop = await _resolve_pending(turn, turn.resume, opening)
+        for answered in opening:
+            yield answered
     while stop is None:
         if turn.cancelled():
             stop = StopReason.CANCELLED
@@ -370,12 +398,45 @@ async def _after_step(
             return StopReason.REQUIRES_APPROVAL
         decision = await _run_call(turn, call, last_step, events)
     assert decision is not None
+    return _follow(turn, decision)
+
+
+def _follow(turn: Turn, decision: Continuation) -> StopReason | None:
+    """Act on the decision taken after a tool call: the stop reason, or None to go on.
+
+    A heartbeat model is told why it gets another step; a native one reads the
+    tool result itself.
+    """
     if decision.continue_:
         if turn.settings.contract is LoopContract.HEARTBEAT:
             notice = decision.reason or HEARTBEAT_NOTICE
             turn.append(ChatMessage(Role.USER, notice))
         return None
     return StopReason(decision.stop_reason or StopReason.END_TURN)
+
+
+async def _resolve_pending(
+    turn: Turn, decision: PendingDecision, events: list[TurnEvent]
+) -> StopReason | None:
+    """Answer the call the previous turn stopped on, before the first model call.
+
+    An approved call runs like any call (rules checked and recorded, the
+    usual continuation); a denied one always continues, so the model can
+    answer the refusal rather than leave the user without a reply.
+    """
+    if decision.approve:
+        return _follow(turn, await _run_call(turn, decision.call, False, events))
+    _deny(turn, decision, events)
+    return _follow(turn, Continuation(True, reason=DENIED_NOTICE))
+
+
+def _deny(turn: Turn, decision: PendingDecision, events: list[TurnEvent]) -> None:
+    """Give the denied call a result that says it did not run, and why if the user said."""
+    call = decision.call
+    text = "Not run: the user denied this call."
+    if decision.reason.strip():
+        text += f" Their reason: {decision.reason.strip()}"
+    _answer_unrun(turn, call, text, events)
 
 
 def _after_text(
@@ -399,7 +460,11 @@ def _after_text(
 
 
 def _close_unrun(turn: Turn, call: ToolCall, waiting_for: str, events: list[TurnEvent]) -> None:
-    text = f"Not run: the turn paused for approval of {waiting_for}."
+    _answer_unrun(turn, call, f"Not run: the turn paused for approval of {waiting_for}.", events)
+
+
+def _answer_unrun(turn: Turn, call: ToolCall, text: str, events: list[TurnEvent]) -> None:
+    """A failed result for a call that did not run, so no call is left without one."""
     events.append(ToolReturnEvent(call.id, call.name, text, ok=False))
     turn.append(
         ChatMessage(
