@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from engram.adapters.llm.chat import ChatMessage, Role, ToolSpec
 from engram.adapters.llm.chat import ToolCall as ChatToolCall
+from engram.adapters.llm.errors import ProviderTimeoutError
 from engram.adapters.llm.openai_chat import OpenAIChatProvider, OpenAIChatSettings
 from engram.services.base_tools import BASE_TOOLS
 from engram.services.runtime.core_memory import CoreMemory, MemoryBlockState
@@ -58,6 +62,7 @@ def make_turn(
     stream_tokens: bool = False,
     cancel_after: int | None = None,
     custom_results: dict[str, str] | None = None,
+    deadline: float | None = None,
 ) -> Turn:
     provider = OpenAIChatProvider(
         OpenAIChatSettings(
@@ -83,7 +88,11 @@ def make_turn(
 
     turn = Turn(
         settings=TurnSettings(
-            model="gpt-test", contract=contract, max_steps=max_steps, stream_tokens=stream_tokens
+            model="gpt-test",
+            contract=contract,
+            max_steps=max_steps,
+            stream_tokens=stream_tokens,
+            deadline=deadline,
         ),
         provider=provider,
         tools=list(tools),
@@ -409,3 +418,15 @@ async def test_a_denied_call_is_answered_and_the_agent_reacts(
     sent = bodies(fake_provider)[0]["messages"]
     assert sent[-2]["role"] == "tool" and "not now" in sent[-2]["content"]
     assert sent[-1] == {"role": "user", "content": DENIED_NOTICE}
+
+
+async def test_the_callers_deadline_bounds_the_provider_call(fake_provider: FakeProvider) -> None:
+    # The fake would answer after 5 s; the caller's deadline is 0.5 s away, so the call
+    # is cut short instead of outliving the client that waits for it.
+    fake_provider.script(Reply(text="too late", delay=5))
+    turn = make_turn(fake_provider, LoopContract.NATIVE, deadline=time.monotonic() + 0.5)
+    with pytest.raises(ProviderTimeoutError):
+        await events_of(turn)
+    await turn.provider.close()
+    body = fake_provider.requests[0].body
+    assert body is not None and body["model"] == "gpt-test"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -266,6 +267,18 @@ async def _with_pings(
             await producer
 
 
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline on the monotonic clock, or None when it set none.
+
+    Python does not pass a call's deadline on by itself; the runtime hands it
+    to every provider call so that none outlives the client waiting for it.
+    """
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return time.monotonic() + float(remaining)
+
+
 class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
     def __init__(self, app: Application) -> None:
         self.app = app
@@ -280,7 +293,10 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
         caller = current_caller()
         agent_id, text, max_steps = _turn_request(request)
         run_id = ""
-        async for item in self.service.send(caller, agent_id, text, max_steps=max_steps):
+        turn = self.service.send(
+            caller, agent_id, text, max_steps=max_steps, deadline=_deadline(context)
+        )
+        async for item in turn:
             run_id = item.run_id
         run = await self.service.get_run(caller, run_id)
         messages = await self.service.messages_of_run(caller, run_id)
@@ -300,6 +316,7 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
             text,
             stream_tokens=request.stream_tokens,
             max_steps=max_steps,
+            deadline=_deadline(context),
         )
         async for event in self._stream_turn(turn):
             yield event
@@ -320,6 +337,7 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
             request.reason,
             stream_tokens=request.stream_tokens,
             max_steps=_max_steps(request.max_steps),
+            deadline=_deadline(context),
         )
         async for event in self._stream_turn(turn):
             yield event

@@ -198,6 +198,7 @@ class MessageService:
         *,
         stream_tokens: bool = False,
         max_steps: int = DEFAULT_MAX_STEPS,
+        deadline: float | None = None,
     ) -> AsyncGenerator[RunEvent, None]:
         """Store the user's message, run one turn, and yield what happens as it happens.
 
@@ -210,7 +211,12 @@ class MessageService:
         cancelling the task reading it, cancels the turn and its run.
         """
         turn = self._turn(
-            caller, agent_id, _checked_text(text), stream_tokens=stream_tokens, max_steps=max_steps
+            caller,
+            agent_id,
+            _checked_text(text),
+            stream_tokens=stream_tokens,
+            max_steps=max_steps,
+            deadline=deadline,
         )
         async with contextlib.aclosing(turn):
             async for event in turn:
@@ -226,6 +232,7 @@ class MessageService:
         *,
         stream_tokens: bool = False,
         max_steps: int = DEFAULT_MAX_STEPS,
+        deadline: float | None = None,
     ) -> AsyncGenerator[RunEvent, None]:
         """Answer the tool call the agent's last turn stopped on, and run the turn that follows.
 
@@ -240,7 +247,12 @@ class MessageService:
             raise InvalidArgumentError.field("call_id", "is required")
         review = _Review(call_id, approve, reason.replace("\x00", ""))
         turn = self._turn(
-            caller, agent_id, review, stream_tokens=stream_tokens, max_steps=max_steps
+            caller,
+            agent_id,
+            review,
+            stream_tokens=stream_tokens,
+            max_steps=max_steps,
+            deadline=deadline,
         )
         async with contextlib.aclosing(turn):
             async for event in turn:
@@ -254,8 +266,12 @@ class MessageService:
         *,
         stream_tokens: bool,
         max_steps: int,
+        deadline: float | None = None,
     ) -> AsyncGenerator[RunEvent, None]:
-        """Claim the agent, start a run, and run the turn that ``opening`` starts."""
+        """Claim the agent, start a run, and run the turn that ``opening`` starts.
+
+        ``deadline`` (``time.monotonic()`` seconds) bounds every provider call.
+        """
         if max_steps < 1:
             raise InvalidArgumentError.field("max_steps", "must be at least 1")
         agent = await self._agent(caller, agent_id)
@@ -265,6 +281,7 @@ class MessageService:
             contract=_contract(agent),
             max_steps=max_steps,
             stream_tokens=stream_tokens,
+            deadline=deadline,
             **_model_settings(agent.model_settings),
         )
         async with self._claim(agent_id):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -131,6 +132,9 @@ class TurnSettings:
     reasoning_effort: str = ""
     parallel_tool_calls: bool = False
     stream_tokens: bool = False
+    # The caller's deadline (time.monotonic() seconds), passed down to each
+    # provider call so that a call never outlives the client waiting for it.
+    deadline: float | None = None
 
 
 # --- events --------------------------------------------------------------------------
@@ -339,10 +343,23 @@ async def _call_model_making_room(turn: Turn, step: int) -> AsyncIterator[TurnEv
             retries += 1
 
 
+# Leave the last moments of the caller's deadline for storing the step and answering.
+DEADLINE_MARGIN_SECONDS = 0.25
+MIN_CALL_SECONDS = 0.05
+
+
+def _time_left(deadline: float | None) -> float | None:
+    """Seconds a provider call may take under ``deadline`` (None: no deadline)."""
+    if deadline is None:
+        return None
+    return max(MIN_CALL_SECONDS, deadline - time.monotonic() - DEADLINE_MARGIN_SECONDS)
+
+
 async def _call_model(turn: Turn, step: int) -> AsyncIterator[TurnEvent | ChatResult]:
     specs, choice = _offered_tools(turn)
     settings = turn.settings
     request = ChatRequest(
+        timeout=_time_left(settings.deadline),
         model=settings.model,
         messages=list(turn.history),
         tools=specs,
