@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -267,6 +268,14 @@ async def _with_pings(
             await producer
 
 
+def _time_of(request: Any, field: str) -> datetime | None:
+    """An optional Timestamp field as an aware UTC datetime."""
+    if not request.HasField(field):
+        return None
+    moment: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
+    return moment
+
+
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The client's deadline on the monotonic clock, or None when it set none.
 
@@ -383,6 +392,8 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
             page_token=request.page_token,
             newest_first=request.newest_first,
             roles=roles,
+            start_time=_time_of(request, "start_time"),
+            end_time=_time_of(request, "end_time"),
         )
         return message_service_pb2.ListMessagesResponse(
             messages=[message_to_proto(m) for m in messages], next_page_token=token

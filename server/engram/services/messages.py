@@ -464,17 +464,35 @@ class MessageService:
         page_token: str,
         newest_first: bool = False,
         roles: Sequence[str] = (),
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
     ) -> tuple[list[Message], str]:
-        """The agent's whole history (not just the buffer), by sequence, optionally by role."""
+        """The agent's whole history (not just the buffer), by sequence.
+
+        Optionally only some roles, and only messages written in
+        ``[start_time, end_time)``.
+        """
         wanted = _checked_roles(roles)
+        if start_time is not None and end_time is not None and end_time <= start_time:
+            raise InvalidArgumentError.field("end_time", "must be after start_time")
         page = page_request(
             page_size,
             page_token,
-            {"agent": agent_id, "newest_first": newest_first, "roles": wanted},
+            {
+                "agent": agent_id,
+                "newest_first": newest_first,
+                "roles": wanted,
+                "start": start_time.isoformat() if start_time else "",
+                "end": end_time.isoformat() if end_time else "",
+            },
         )
         query = select(Message).where(Message.agent_id == agent_id)
         if wanted:
             query = query.where(Message.role.in_(wanted))
+        if start_time is not None:
+            query = query.where(Message.created_at >= start_time)
+        if end_time is not None:
+            query = query.where(Message.created_at < end_time)
         query = _by_sequence(query, page, newest_first=newest_first)
         async with self.database.read(caller.organization_id) as session:
             await load(session, Agent, agent_id, "agent")

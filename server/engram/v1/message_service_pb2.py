@@ -29,10 +29,11 @@ from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65ngram/v1/message_service.proto\x12\tengram.v1\x1a\x17\x65ngram/v1/message.proto\x1a\x13\x65ngram/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x17google/rpc/status.proto\"k\n\x12SendMessageRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tmax_steps\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"X\n\x13SendMessageResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.engram.v1.Run\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.engram.v1.Message\"\x8a\x01\n\x14StreamMessageRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tmax_steps\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1b\n\rstream_tokens\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\xbb\x01\n\x15SubmitApprovalRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61pprove\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rstream_tokens\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x17\n\tmax_steps\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\xc5\x04\n\tTurnEvent\x12 \n\x03run\x18\x01 \x01(\tB\x13\xfa\x41\x10\n\x0e\x65ngram.dev/Run\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12.\n\treasoning\x18\n \x01(\x0b\x32\x19.engram.v1.ReasoningEventH\x00\x12;\n\x10hidden_reasoning\x18\x0b \x01(\x0b\x32\x1f.engram.v1.HiddenReasoningEventH\x00\x12=\n\x11\x61ssistant_message\x18\x0c \x01(\x0b\x32 .engram.v1.AssistantMessageEventH\x00\x12-\n\ttool_call\x18\r \x01(\x0b\x32\x18.engram.v1.ToolCallEventH\x00\x12\x31\n\x0btool_return\x18\x0e \x01(\x0b\x32\x1a.engram.v1.ToolReturnEventH\x00\x12;\n\x10\x61pproval_request\x18\x0f \x01(\x0b\x32\x1f.engram.v1.ApprovalRequestEventH\x00\x12\x31\n\x0bstop_reason\x18\x10 \x01(\x0b\x32\x1a.engram.v1.StopReasonEventH\x00\x12&\n\x05usage\x18\x11 \x01(\x0b\x32\x15.engram.v1.UsageEventH\x00\x12$\n\x04ping\x18\x12 \x01(\x0b\x32\x14.engram.v1.PingEventH\x00\x12&\n\x05\x65rror\x18\x13 \x01(\x0b\x32\x15.engram.v1.ErrorEventH\x00\x42\x07\n\x05\x65vent\"\x1e\n\x0eReasoningEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x16\n\x14HiddenReasoningEvent\"%\n\x15\x41ssistantMessageEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"A\n\rToolCallEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"J\n\x0fToolReturnEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\n\n\x02ok\x18\x04 \x01(\x08\"H\n\x14\x41pprovalRequestEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"=\n\x0fStopReasonEvent\x12*\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x15.engram.v1.StopReason\"-\n\nUsageEvent\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.engram.v1.Usage\"\x0b\n\tPingEvent\"0\n\nErrorEvent\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\"\xbe\x01\n\x13ListMessagesRequest\x12+\n\x06parent\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\x12\x12\x65ngram.dev/Message\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cnewest_first\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12+\n\x05roles\x18\x05 \x03(\x0e\x32\x16.engram.v1.MessageRoleB\x04\xe2\x41\x01\x01\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.engram.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x14ResetMessagesRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\"6\n\rGetRunRequest\x12%\n\x04name\x18\x01 \x01(\tB\x17\xe2\x41\x01\x02\xfa\x41\x10\n\x0e\x65ngram.dev/Run\"n\n\x0fListRunsRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x01\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.engram.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x13ListRunStepsRequest\x12(\n\x06parent\x18\x01 \x01(\tB\x18\xe2\x41\x01\x02\xfa\x41\x11\x12\x0f\x65ngram.dev/Step\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x14ListRunStepsResponse\x12\x1e\n\x05steps\x18\x01 \x03(\x0b\x32\x0f.engram.v1.Step\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb9\x05\n\x0eMessageService\x12\x86\x01\n\x0bSendMessage\x12\x1d.engram.v1.SendMessageRequest\x1a\x1e.engram.v1.SendMessageResponse\"8\xda\x41\nagent,text\x82\xd3\xe4\x93\x02%\" /v1/{agent=agents/*}:sendMessage:\x01*\x12\x84\x01\n\rStreamMessage\x12\x1f.engram.v1.StreamMessageRequest\x1a\x14.engram.v1.TurnEvent\":\xda\x41\nagent,text\x82\xd3\xe4\x93\x02\'\"\"/v1/{agent=agents/*}:streamMessage:\x01*0\x01\x12\x80\x01\n\x0cListMessages\x12\x1e.engram.v1.ListMessagesRequest\x1a\x1f.engram.v1.ListMessagesResponse\"/\xda\x41\x06parent\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=agents/*}/messages\x12\x7f\n\rResetMessages\x12\x1f.engram.v1.ResetMessagesRequest\x1a\x16.google.protobuf.Empty\"5\xda\x41\x05\x61gent\x82\xd3\xe4\x93\x02\'\"\"/v1/{agent=agents/*}:resetMessages:\x01*\x12\x92\x01\n\x0eSubmitApproval\x12 .engram.v1.SubmitApprovalRequest\x1a\x14.engram.v1.TurnEvent\"F\xda\x41\x15\x61gent,call_id,approve\x82\xd3\xe4\x93\x02(\"#/v1/{agent=agents/*}:submitApproval:\x01*0\x01\x32\xb6\x02\n\nRunService\x12T\n\x06GetRun\x12\x18.engram.v1.GetRunRequest\x1a\x0e.engram.v1.Run\" \xda\x41\x04name\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=runs/*}\x12U\n\x08ListRuns\x12\x1a.engram.v1.ListRunsRequest\x1a\x1b.engram.v1.ListRunsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/runs\x12{\n\x0cListRunSteps\x12\x1e.engram.v1.ListRunStepsRequest\x1a\x1f.engram.v1.ListRunStepsResponse\"*\xda\x41\x06parent\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{parent=runs/*}/stepsB4Z2github.com/engram/engram/gen/go/engram/v1;engramv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65ngram/v1/message_service.proto\x12\tengram.v1\x1a\x17\x65ngram/v1/message.proto\x1a\x13\x65ngram/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"k\n\x12SendMessageRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tmax_steps\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"X\n\x13SendMessageResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.engram.v1.Run\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.engram.v1.Message\"\x8a\x01\n\x14StreamMessageRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tmax_steps\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1b\n\rstream_tokens\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\xbb\x01\n\x15SubmitApprovalRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61pprove\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rstream_tokens\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x17\n\tmax_steps\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\xc5\x04\n\tTurnEvent\x12 \n\x03run\x18\x01 \x01(\tB\x13\xfa\x41\x10\n\x0e\x65ngram.dev/Run\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12.\n\treasoning\x18\n \x01(\x0b\x32\x19.engram.v1.ReasoningEventH\x00\x12;\n\x10hidden_reasoning\x18\x0b \x01(\x0b\x32\x1f.engram.v1.HiddenReasoningEventH\x00\x12=\n\x11\x61ssistant_message\x18\x0c \x01(\x0b\x32 .engram.v1.AssistantMessageEventH\x00\x12-\n\ttool_call\x18\r \x01(\x0b\x32\x18.engram.v1.ToolCallEventH\x00\x12\x31\n\x0btool_return\x18\x0e \x01(\x0b\x32\x1a.engram.v1.ToolReturnEventH\x00\x12;\n\x10\x61pproval_request\x18\x0f \x01(\x0b\x32\x1f.engram.v1.ApprovalRequestEventH\x00\x12\x31\n\x0bstop_reason\x18\x10 \x01(\x0b\x32\x1a.engram.v1.StopReasonEventH\x00\x12&\n\x05usage\x18\x11 \x01(\x0b\x32\x15.engram.v1.UsageEventH\x00\x12$\n\x04ping\x18\x12 \x01(\x0b\x32\x14.engram.v1.PingEventH\x00\x12&\n\x05\x65rror\x18\x13 \x01(\x0b\x32\x15.engram.v1.ErrorEventH\x00\x42\x07\n\x05\x65vent\"\x1e\n\x0eReasoningEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x16\n\x14HiddenReasoningEvent\"%\n\x15\x41ssistantMessageEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"A\n\rToolCallEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"J\n\x0fToolReturnEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\n\n\x02ok\x18\x04 \x01(\x08\"H\n\x14\x41pprovalRequestEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"=\n\x0fStopReasonEvent\x12*\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x15.engram.v1.StopReason\"-\n\nUsageEvent\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.engram.v1.Usage\"\x0b\n\tPingEvent\"0\n\nErrorEvent\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\"\xa8\x02\n\x13ListMessagesRequest\x12+\n\x06parent\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\x12\x12\x65ngram.dev/Message\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cnewest_first\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12+\n\x05roles\x18\x05 \x03(\x0e\x32\x16.engram.v1.MessageRoleB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.engram.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x14ResetMessagesRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\"6\n\rGetRunRequest\x12%\n\x04name\x18\x01 \x01(\tB\x17\xe2\x41\x01\x02\xfa\x41\x10\n\x0e\x65ngram.dev/Run\"n\n\x0fListRunsRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x01\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.engram.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x13ListRunStepsRequest\x12(\n\x06parent\x18\x01 \x01(\tB\x18\xe2\x41\x01\x02\xfa\x41\x11\x12\x0f\x65ngram.dev/Step\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x14ListRunStepsResponse\x12\x1e\n\x05steps\x18\x01 \x03(\x0b\x32\x0f.engram.v1.Step\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb9\x05\n\x0eMessageService\x12\x86\x01\n\x0bSendMessage\x12\x1d.engram.v1.SendMessageRequest\x1a\x1e.engram.v1.SendMessageResponse\"8\xda\x41\nagent,text\x82\xd3\xe4\x93\x02%\" /v1/{agent=agents/*}:sendMessage:\x01*\x12\x84\x01\n\rStreamMessage\x12\x1f.engram.v1.StreamMessageRequest\x1a\x14.engram.v1.TurnEvent\":\xda\x41\nagent,text\x82\xd3\xe4\x93\x02\'\"\"/v1/{agent=agents/*}:streamMessage:\x01*0\x01\x12\x80\x01\n\x0cListMessages\x12\x1e.engram.v1.ListMessagesRequest\x1a\x1f.engram.v1.ListMessagesResponse\"/\xda\x41\x06parent\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=agents/*}/messages\x12\x7f\n\rResetMessages\x12\x1f.engram.v1.ResetMessagesRequest\x1a\x16.google.protobuf.Empty\"5\xda\x41\x05\x61gent\x82\xd3\xe4\x93\x02\'\"\"/v1/{agent=agents/*}:resetMessages:\x01*\x12\x92\x01\n\x0eSubmitApproval\x12 .engram.v1.SubmitApprovalRequest\x1a\x14.engram.v1.TurnEvent\"F\xda\x41\x15\x61gent,call_id,approve\x82\xd3\xe4\x93\x02(\"#/v1/{agent=agents/*}:submitApproval:\x01*0\x01\x32\xb6\x02\n\nRunService\x12T\n\x06GetRun\x12\x18.engram.v1.GetRunRequest\x1a\x0e.engram.v1.Run\" \xda\x41\x04name\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=runs/*}\x12U\n\x08ListRuns\x12\x1a.engram.v1.ListRunsRequest\x1a\x1b.engram.v1.ListRunsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/runs\x12{\n\x0cListRunSteps\x12\x1e.engram.v1.ListRunStepsRequest\x1a\x1f.engram.v1.ListRunStepsResponse\"*\xda\x41\x06parent\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{parent=runs/*}/stepsB4Z2github.com/engram/engram/gen/go/engram/v1;engramv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -78,6 +79,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMESSAGESREQUEST'].fields_by_name['newest_first']._serialized_options = b'\342A\001\001'
   _globals['_LISTMESSAGESREQUEST'].fields_by_name['roles']._loaded_options = None
   _globals['_LISTMESSAGESREQUEST'].fields_by_name['roles']._serialized_options = b'\342A\001\001'
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
   _globals['_RESETMESSAGESREQUEST'].fields_by_name['agent']._loaded_options = None
   _globals['_RESETMESSAGESREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002\372A\022\n\020engram.dev/Agent'
   _globals['_GETRUNREQUEST'].fields_by_name['name']._loaded_options = None
@@ -110,54 +115,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNSERVICE'].methods_by_name['ListRuns']._serialized_options = b'\202\323\344\223\002\n\022\010/v1/runs'
   _globals['_RUNSERVICE'].methods_by_name['ListRunSteps']._loaded_options = None
   _globals['_RUNSERVICE'].methods_by_name['ListRunSteps']._serialized_options = b'\332A\006parent\202\323\344\223\002\033\022\031/v1/{parent=runs/*}/steps'
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=261
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=368
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=370
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=458
-  _globals['_STREAMMESSAGEREQUEST']._serialized_start=461
-  _globals['_STREAMMESSAGEREQUEST']._serialized_end=599
-  _globals['_SUBMITAPPROVALREQUEST']._serialized_start=602
-  _globals['_SUBMITAPPROVALREQUEST']._serialized_end=789
-  _globals['_TURNEVENT']._serialized_start=792
-  _globals['_TURNEVENT']._serialized_end=1373
-  _globals['_REASONINGEVENT']._serialized_start=1375
-  _globals['_REASONINGEVENT']._serialized_end=1405
-  _globals['_HIDDENREASONINGEVENT']._serialized_start=1407
-  _globals['_HIDDENREASONINGEVENT']._serialized_end=1429
-  _globals['_ASSISTANTMESSAGEEVENT']._serialized_start=1431
-  _globals['_ASSISTANTMESSAGEEVENT']._serialized_end=1468
-  _globals['_TOOLCALLEVENT']._serialized_start=1470
-  _globals['_TOOLCALLEVENT']._serialized_end=1535
-  _globals['_TOOLRETURNEVENT']._serialized_start=1537
-  _globals['_TOOLRETURNEVENT']._serialized_end=1611
-  _globals['_APPROVALREQUESTEVENT']._serialized_start=1613
-  _globals['_APPROVALREQUESTEVENT']._serialized_end=1685
-  _globals['_STOPREASONEVENT']._serialized_start=1687
-  _globals['_STOPREASONEVENT']._serialized_end=1748
-  _globals['_USAGEEVENT']._serialized_start=1750
-  _globals['_USAGEEVENT']._serialized_end=1795
-  _globals['_PINGEVENT']._serialized_start=1797
-  _globals['_PINGEVENT']._serialized_end=1808
-  _globals['_ERROREVENT']._serialized_start=1810
-  _globals['_ERROREVENT']._serialized_end=1858
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1861
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=2051
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2053
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2138
-  _globals['_RESETMESSAGESREQUEST']._serialized_start=2140
-  _globals['_RESETMESSAGESREQUEST']._serialized_end=2204
-  _globals['_GETRUNREQUEST']._serialized_start=2206
-  _globals['_GETRUNREQUEST']._serialized_end=2260
-  _globals['_LISTRUNSREQUEST']._serialized_start=2262
-  _globals['_LISTRUNSREQUEST']._serialized_end=2372
-  _globals['_LISTRUNSRESPONSE']._serialized_start=2374
-  _globals['_LISTRUNSRESPONSE']._serialized_end=2447
-  _globals['_LISTRUNSTEPSREQUEST']._serialized_start=2449
-  _globals['_LISTRUNSTEPSREQUEST']._serialized_end=2563
-  _globals['_LISTRUNSTEPSRESPONSE']._serialized_start=2565
-  _globals['_LISTRUNSTEPSRESPONSE']._serialized_end=2644
-  _globals['_MESSAGESERVICE']._serialized_start=2647
-  _globals['_MESSAGESERVICE']._serialized_end=3344
-  _globals['_RUNSERVICE']._serialized_start=3347
-  _globals['_RUNSERVICE']._serialized_end=3657
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=294
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=401
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=403
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=491
+  _globals['_STREAMMESSAGEREQUEST']._serialized_start=494
+  _globals['_STREAMMESSAGEREQUEST']._serialized_end=632
+  _globals['_SUBMITAPPROVALREQUEST']._serialized_start=635
+  _globals['_SUBMITAPPROVALREQUEST']._serialized_end=822
+  _globals['_TURNEVENT']._serialized_start=825
+  _globals['_TURNEVENT']._serialized_end=1406
+  _globals['_REASONINGEVENT']._serialized_start=1408
+  _globals['_REASONINGEVENT']._serialized_end=1438
+  _globals['_HIDDENREASONINGEVENT']._serialized_start=1440
+  _globals['_HIDDENREASONINGEVENT']._serialized_end=1462
+  _globals['_ASSISTANTMESSAGEEVENT']._serialized_start=1464
+  _globals['_ASSISTANTMESSAGEEVENT']._serialized_end=1501
+  _globals['_TOOLCALLEVENT']._serialized_start=1503
+  _globals['_TOOLCALLEVENT']._serialized_end=1568
+  _globals['_TOOLRETURNEVENT']._serialized_start=1570
+  _globals['_TOOLRETURNEVENT']._serialized_end=1644
+  _globals['_APPROVALREQUESTEVENT']._serialized_start=1646
+  _globals['_APPROVALREQUESTEVENT']._serialized_end=1718
+  _globals['_STOPREASONEVENT']._serialized_start=1720
+  _globals['_STOPREASONEVENT']._serialized_end=1781
+  _globals['_USAGEEVENT']._serialized_start=1783
+  _globals['_USAGEEVENT']._serialized_end=1828
+  _globals['_PINGEVENT']._serialized_start=1830
+  _globals['_PINGEVENT']._serialized_end=1841
+  _globals['_ERROREVENT']._serialized_start=1843
+  _globals['_ERROREVENT']._serialized_end=1891
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1894
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=2190
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2192
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2277
+  _globals['_RESETMESSAGESREQUEST']._serialized_start=2279
+  _globals['_RESETMESSAGESREQUEST']._serialized_end=2343
+  _globals['_GETRUNREQUEST']._serialized_start=2345
+  _globals['_GETRUNREQUEST']._serialized_end=2399
+  _globals['_LISTRUNSREQUEST']._serialized_start=2401
+  _globals['_LISTRUNSREQUEST']._serialized_end=2511
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2513
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2586
+  _globals['_LISTRUNSTEPSREQUEST']._serialized_start=2588
+  _globals['_LISTRUNSTEPSREQUEST']._serialized_end=2702
+  _globals['_LISTRUNSTEPSRESPONSE']._serialized_start=2704
+  _globals['_LISTRUNSTEPSRESPONSE']._serialized_end=2783
+  _globals['_MESSAGESERVICE']._serialized_start=2786
+  _globals['_MESSAGESERVICE']._serialized_end=3483
+  _globals['_RUNSERVICE']._serialized_start=3486
+  _globals['_RUNSERVICE']._serialized_end=3796
 # @@protoc_insertion_point(module_scope)

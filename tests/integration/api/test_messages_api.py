@@ -420,3 +420,34 @@ async def test_another_organization_cannot_review_the_call(
     fake_provider.script(Reply(text="Done."))
     events = await submit(chat.org_a, agent, "p1", approve=True)
     assert kinds(events)[0] == "tool_return"
+
+
+async def test_messages_can_be_listed_by_time(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="one"), Reply(text="two"))
+    first = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="first")
+    )
+    second = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="second")
+    )
+    boundary = second.messages[0].create_time
+
+    later = await chat.org_a.messages.ListMessages(
+        message_service_pb2.ListMessagesRequest(parent=agent, start_time=boundary)
+    )
+    earlier = await chat.org_a.messages.ListMessages(
+        message_service_pb2.ListMessagesRequest(parent=agent, end_time=boundary)
+    )
+    assert list(later.messages) == list(second.messages)
+    assert list(earlier.messages) == list(first.messages)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await chat.org_a.messages.ListMessages(
+            message_service_pb2.ListMessagesRequest(
+                parent=agent, start_time=boundary, end_time=boundary
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
