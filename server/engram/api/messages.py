@@ -35,6 +35,7 @@ from engram.store.models import Message, Step
 from engram.v1 import message_pb2, message_service_pb2, message_service_pb2_grpc, run_pb2
 
 DEFAULT_MAX_STEPS = 50
+CONTEXT_WINDOW_SUFFIX = "/contextWindow"
 MAX_STEPS_LIMIT = 1000
 
 ROLE_TO_PROTO: dict[str, Any] = {
@@ -397,6 +398,35 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
         )
         return message_service_pb2.ListMessagesResponse(
             messages=[message_to_proto(m) for m in messages], next_page_token=token
+        )
+
+    async def GetContextWindow(
+        self,
+        request: message_service_pb2.GetContextWindowRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> message_service_pb2.ContextWindow:
+        name = request.name
+        if not name.endswith(CONTEXT_WINDOW_SUFFIX):
+            raise InvalidArgumentError.field(
+                "name", "must be a resource name of the form agents/agent-<uuid4>/contextWindow"
+            )
+        agent_name = name.removesuffix(CONTEXT_WINDOW_SUFFIX)
+        overview = await self.service.context_window(
+            current_caller(), agent_id_of(agent_name, "name")
+        )
+        return message_service_pb2.ContextWindow(
+            name=name,
+            limit=overview.window,
+            total_tokens=overview.total_tokens,
+            system_prompt_tokens=overview.system_prompt_tokens,
+            core_memory_tokens=overview.core_memory_tokens,
+            tool_rules_tokens=overview.tool_rules_tokens,
+            memory_statistics_tokens=overview.memory_statistics_tokens,
+            summary_tokens=overview.summary_tokens,
+            messages_tokens=overview.messages_tokens,
+            tool_definitions_tokens=overview.tool_definitions_tokens,
+            message_count=overview.message_count,
+            system_message=overview.system_message,
         )
 
     async def ResetMessages(

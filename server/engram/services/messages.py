@@ -64,12 +64,18 @@ from engram.services.runtime.compaction import (
     SystemPromptTooLargeError,
     estimate_context_tokens,
     estimate_message_tokens,
+    estimate_tokens,
     estimate_tools_tokens,
     needs_compaction,
     plan_compaction,
 )
 from engram.services.runtime.core_memory import CoreMemory, MemoryBlockState
-from engram.services.runtime.memory_prompt import compile_system_message, render_memory_statistics
+from engram.services.runtime.memory_prompt import (
+    compile_system_message,
+    render_core_memory,
+    render_memory_statistics,
+    render_tool_rules,
+)
 from engram.services.runtime.summarizer import summarize
 from engram.services.runtime.tool_rule_solver import ToolRuleSolver
 from engram.services.runtime.turn import (
@@ -499,6 +505,31 @@ class MessageService:
             rows = (await session.scalars(query)).all()
         return cut_page(rows, page, lambda message: (message.sequence_id,))
 
+    async def context_window(self, caller: Caller, agent_id: str) -> ContextOverview:
+        """What the agent's next model call would carry, section by section (estimates)."""
+        context = await _load_context(self.database, caller.organization_id, agent_id)
+        system = context.system
+        statistics = render_memory_statistics(
+            recall_messages=system.recall_messages,
+            archival_passages=system.archival_passages,
+            last_memory_change=system.last_memory_change,
+        )
+        buffer = context.buffer
+        summary = buffer[:1] if buffer and _is_summary_message(buffer[0]) else []
+        messages = buffer[len(summary) :]
+        return ContextOverview(
+            window=context.window,
+            system_prompt_tokens=estimate_tokens(system.prompt),
+            core_memory_tokens=estimate_tokens(render_core_memory(context.memory)),
+            tool_rules_tokens=estimate_tokens(render_tool_rules(system.rule_lines)),
+            memory_statistics_tokens=estimate_tokens(statistics),
+            summary_tokens=sum(estimate_message_tokens(m) for m in summary),
+            messages_tokens=sum(estimate_message_tokens(m) for m in messages),
+            tool_definitions_tokens=estimate_tools_tokens(_specs(context.tools)),
+            message_count=len(messages),
+            system_message=system.compile(context.memory).content,
+        )
+
     async def reset_messages(self, caller: Caller, agent_id: str) -> None:
         """Empty the agent's buffer; the history stays stored and searchable.
 
@@ -735,6 +766,38 @@ class _SystemPrompt:
         )
         text = compile_system_message(self.prompt, memory, self.rule_lines, statistics)
         return ChatMessage(Role.SYSTEM, text)
+
+
+@dataclass(frozen=True)
+class ContextOverview:
+    """The sections of an agent's context window and their estimated sizes in tokens."""
+
+    window: int
+    system_prompt_tokens: int
+    core_memory_tokens: int
+    tool_rules_tokens: int
+    memory_statistics_tokens: int
+    summary_tokens: int
+    messages_tokens: int
+    tool_definitions_tokens: int
+    message_count: int
+    system_message: str
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.system_prompt_tokens
+            + self.core_memory_tokens
+            + self.tool_rules_tokens
+            + self.memory_statistics_tokens
+            + self.summary_tokens
+            + self.messages_tokens
+            + self.tool_definitions_tokens
+        )
+
+
+def _is_summary_message(message: ChatMessage) -> bool:
+    return message.role is Role.USER and message.content.startswith(SUMMARY_HEADER)
 
 
 @dataclass

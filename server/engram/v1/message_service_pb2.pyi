@@ -236,3 +236,37 @@ class ListRunStepsResponse(_message.Message):
     steps: _containers.RepeatedCompositeFieldContainer[_run_pb2.Step]
     next_page_token: str
     def __init__(self, steps: _Optional[_Iterable[_Union[_run_pb2.Step, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetContextWindowRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ContextWindow(_message.Message):
+    __slots__ = ("name", "limit", "total_tokens", "system_prompt_tokens", "core_memory_tokens", "tool_rules_tokens", "memory_statistics_tokens", "summary_tokens", "messages_tokens", "tool_definitions_tokens", "message_count", "system_message")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CORE_MEMORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_RULES_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_STATISTICS_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_DEFINITIONS_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    limit: int
+    total_tokens: int
+    system_prompt_tokens: int
+    core_memory_tokens: int
+    tool_rules_tokens: int
+    memory_statistics_tokens: int
+    summary_tokens: int
+    messages_tokens: int
+    tool_definitions_tokens: int
+    message_count: int
+    system_message: str
+    def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ..., total_tokens: _Optional[int] = ..., system_prompt_tokens: _Optional[int] = ..., core_memory_tokens: _Optional[int] = ..., tool_rules_tokens: _Optional[int] = ..., memory_statistics_tokens: _Optional[int] = ..., summary_tokens: _Optional[int] = ..., messages_tokens: _Optional[int] = ..., tool_definitions_tokens: _Optional[int] = ..., message_count: _Optional[int] = ..., system_message: _Optional[str] = ...) -> None: ...

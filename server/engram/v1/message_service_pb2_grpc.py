@@ -57,6 +57,11 @@ class MessageServiceStub:
                 request_serializer=engram_dot_v1_dot_message__service__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=engram_dot_v1_dot_message__service__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.GetContextWindow = channel.unary_unary(
+                '/engram.v1.MessageService/GetContextWindow',
+                request_serializer=engram_dot_v1_dot_message__service__pb2.GetContextWindowRequest.SerializeToString,
+                response_deserializer=engram_dot_v1_dot_message__service__pb2.ContextWindow.FromString,
+                _registered_method=True)
         self.ResetMessages = channel.unary_unary(
                 '/engram.v1.MessageService/ResetMessages',
                 request_serializer=engram_dot_v1_dot_message__service__pb2.ResetMessagesRequest.SerializeToString,
@@ -99,6 +104,14 @@ class MessageServiceServicer:
     def ListMessages(self, request, context):
         """Lists an agent's messages (its whole conversation), oldest first unless
         `newest_first`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContextWindow(self, request, context):
+        """Reports what the agent's context window holds now, section by section,
+        with a token estimate for each (4 bytes of UTF-8 per token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +165,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=engram_dot_v1_dot_message__service__pb2.ListMessagesRequest.FromString,
                     response_serializer=engram_dot_v1_dot_message__service__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'GetContextWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContextWindow,
+                    request_deserializer=engram_dot_v1_dot_message__service__pb2.GetContextWindowRequest.FromString,
+                    response_serializer=engram_dot_v1_dot_message__service__pb2.ContextWindow.SerializeToString,
             ),
             'ResetMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.ResetMessages,
@@ -251,6 +269,33 @@ class MessageService:
             '/engram.v1.MessageService/ListMessages',
             engram_dot_v1_dot_message__service__pb2.ListMessagesRequest.SerializeToString,
             engram_dot_v1_dot_message__service__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContextWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.v1.MessageService/GetContextWindow',
+            engram_dot_v1_dot_message__service__pb2.GetContextWindowRequest.SerializeToString,
+            engram_dot_v1_dot_message__service__pb2.ContextWindow.FromString,
             options,
             channel_credentials,
             insecure,

@@ -451,3 +451,53 @@ async def test_messages_can_be_listed_by_time(
             )
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_context_window_is_reported_by_section(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Hello, Ada."))
+    await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi!")
+    )
+
+    window = await chat.org_a.messages.GetContextWindow(
+        message_service_pb2.GetContextWindowRequest(name=f"{agent}/contextWindow")
+    )
+
+    assert window.name == f"{agent}/contextWindow"
+    assert window.limit == 128_000
+    assert window.message_count == 2
+    assert "Name: Ada" in window.system_message
+    sections = (
+        window.system_prompt_tokens,
+        window.core_memory_tokens,
+        window.tool_rules_tokens,
+        window.memory_statistics_tokens,
+        window.summary_tokens,
+        window.messages_tokens,
+        window.tool_definitions_tokens,
+    )
+    assert window.total_tokens == sum(sections)
+    assert window.core_memory_tokens > 0 and window.messages_tokens > 0
+    assert window.tool_definitions_tokens > 0  # the base memory tools
+    assert window.summary_tokens == 0 and window.tool_rules_tokens == 0
+
+    for name, code in (
+        (
+            f"{agent}/contextWindow".replace("agent-", "agent-0", 1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (agent, grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await chat.org_a.messages.GetContextWindow(
+                message_service_pb2.GetContextWindowRequest(name=name)
+            )
+        assert refused.value.code() == code
+    with pytest.raises(grpc.aio.AioRpcError) as foreign:
+        await chat.org_b.messages.GetContextWindow(
+            message_service_pb2.GetContextWindowRequest(name=f"{agent}/contextWindow")
+        )
+    assert foreign.value.code() == grpc.StatusCode.NOT_FOUND
