@@ -118,7 +118,7 @@ _RULES: Mapping[str, _Rule] = {
 }
 
 MAPPED_REASONS = frozenset(_RULES)
-"""Every catalog reason :func:`status_for` can put in an ``ErrorInfo``."""
+"""Every catalog reason :func:`map_error` can put in an ``ErrorInfo``."""
 
 _UNEXPECTED = _RULES[INTERNAL_REASON]
 _KNOWN_ERRORS = (StoreError, SecretsError, ServiceError, OverloadedError, ProviderError)
@@ -279,11 +279,6 @@ def map_error(error: BaseException, *, correlation_id: str) -> MappedError:
         details=[_pack(info), *(_pack(detail) for detail in extra)],
     )
     return MappedError(status=status, reason=reason, log_level=rule.log_level)
-
-
-def status_for(error: BaseException, *, correlation_id: str) -> status_pb2.Status:
-    """The ``google.rpc.Status`` a client receives for ``error``."""
-    return map_error(error, correlation_id=correlation_id).status
 
 
 def unpack_detail(

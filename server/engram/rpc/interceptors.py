@@ -182,6 +182,30 @@ def _aborted_code(context: grpc.aio.ServicerContext) -> int:
     return int(code) if isinstance(code, int) else _UNKNOWN
 
 
+def _outcome(
+    chain: _Chain,
+    error: BaseException,
+    method: str,
+    request_id: str,
+    context: grpc.aio.ServicerContext,
+) -> tuple[int, MappedError | None, str]:
+    """How a failed call ends: its status code, the rich status to send, and its request id.
+
+    Cancellation and a handler's own abort pass through unchanged (no status
+    to send); any other exception is one of ours to map and send.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        return _CANCELLED, None, request_id
+    if isinstance(error, grpc.aio.AbortError):
+        return _aborted_code(context), None, request_id
+    if not isinstance(error, Exception):
+        return _OK, None, request_id  # a stream the client stopped reading (GeneratorExit)
+    # A call refused while entering (auth, load shedding) still reports its own id.
+    request_id = request_id or current_request_id() or uuid.uuid4().hex
+    mapped = chain.report(error, method, request_id)
+    return mapped.status.code, mapped, request_id
+
+
 def _wrap_unary_response(
     chain: _Chain, method: str, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
@@ -193,19 +217,11 @@ def _wrap_unary_response(
         try:
             request_id = await chain.enter(method, context)
             return await behaviour(request, context)
-        except asyncio.CancelledError:
-            code = _CANCELLED
+        except BaseException as error:
+            code, mapped, request_id = _outcome(chain, error, method, request_id, context)
+            if mapped is not None:
+                await _abort(mapped, request_id, context)
             raise
-        except grpc.aio.AbortError:
-            code = _aborted_code(context)
-            raise
-        except Exception as error:
-            # A call refused while entering (auth, load shedding) still reports its own id.
-            request_id = request_id or current_request_id() or uuid.uuid4().hex
-            mapped = chain.report(error, method, request_id)
-            code = mapped.status.code
-            await _abort(mapped, request_id, context)
-            raise  # pragma: no cover - _abort always raises
         finally:
             chain.in_flight -= 1
             chain.metrics.record(method, code, started)
@@ -230,17 +246,10 @@ def _wrap_stream_response(
             else:
                 # A handler that writes with context.write() returns a coroutine.
                 await responses
-        except asyncio.CancelledError:
-            code = _CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = _aborted_code(context)
-            raise
-        except Exception as error:
-            # A call refused while entering (auth, load shedding) still reports its own id.
-            request_id = request_id or current_request_id() or uuid.uuid4().hex
-            mapped = chain.report(error, method, request_id)
-            code = mapped.status.code
+        except BaseException as error:
+            code, mapped, request_id = _outcome(chain, error, method, request_id, context)
+            if mapped is None:
+                raise
             await _abort(mapped, request_id, context)
         finally:
             chain.in_flight -= 1
