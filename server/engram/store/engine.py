@@ -16,6 +16,13 @@ from engram.store.sqlite import create_sqlite_engine
 # SQLite serialises writers anyway; a handful of readers is plenty.
 SQLITE_POOL_SIZE = 8
 
+# pgvector's HNSW scans, set per connection (reads run in autocommit, so a
+# SET LOCAL would not last): iterative scans keep filtered searches (one
+# archive among many, tags, time ranges) returning k rows, in nearly exact
+# order; a wider candidate list than the default 40 keeps recall@10 >= 0.95.
+# Only passage searches use HNSW, so nothing else is affected.
+VECTOR_SEARCH_SETTINGS = {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_search": "100"}
+
 
 def create_engine(choice: DatabaseChoice, settings: Settings) -> AsyncEngine:
     """The engine for ``choice``, with the pool and timeouts from ``settings``."""
@@ -35,10 +42,11 @@ def create_engine(choice: DatabaseChoice, settings: Settings) -> AsyncEngine:
 def create_postgres_engine(url: str, settings: Settings) -> AsyncEngine:
     target = to_asyncpg(url)
     connect_args: dict[str, Any] = dict(target.connect_args)
+    server_settings = dict(connect_args.get("server_settings", {}))
     if settings.pg_statement_timeout_ms:
-        server_settings = dict(connect_args.get("server_settings", {}))
         server_settings["statement_timeout"] = str(settings.pg_statement_timeout_ms)
-        connect_args["server_settings"] = server_settings
+    server_settings.update(VECTOR_SEARCH_SETTINGS)
+    connect_args["server_settings"] = server_settings
     kwargs: dict[str, Any] = {
         "echo": settings.pg_echo,
         "pool_pre_ping": settings.pool_pre_ping,

@@ -21,3 +21,20 @@ def json_list_has_any(dialect: str, column: Any, values: Sequence[str]) -> Colum
         return condition
     items = func.json_each(column).table_valued("value")
     return exists(select(literal(1)).select_from(items).where(items.c.value.in_(list(values))))
+
+
+def json_list_has_all(dialect: str, column: Any, values: Sequence[str]) -> ColumnElement[bool]:
+    """True where the JSON list in ``column`` holds every one of ``values``."""
+    wanted = sorted(set(values))
+    if dialect == "postgresql":
+        # JSONB containment (@>), which a GIN index on the column can serve.
+        condition: ColumnElement[bool] = type_coerce(column, JSONB).contains(wanted)
+        return condition
+    items = func.json_each(column).table_valued("value")
+    matched = (
+        select(func.count(func.distinct(items.c.value)))
+        .select_from(items)
+        .where(items.c.value.in_(wanted))
+        .scalar_subquery()
+    )
+    return matched == len(wanted)

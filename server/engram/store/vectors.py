@@ -53,6 +53,15 @@ class PgVector(UserDefinedType[Embedding]):
         return process
 
 
+class PgHalfVector(PgVector):
+    """pgvector's ``halfvec``: 16-bit floats, which HNSW indexes up to 4,000 dimensions."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "HALFVEC" if self.dimensions is None else f"HALFVEC({self.dimensions})"
+
+
 # Let reflection (and so `engram db check`) recognise pgvector columns.
 ischema_names["vector"] = PgVector
 
