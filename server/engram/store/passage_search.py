@@ -32,6 +32,7 @@ from typing import Any, TypeAlias
 
 from sqlalchemy import Float, Select, bindparam, cast, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from engram.store.database import Database
 from engram.store.json_filters import json_list_has_all, json_list_has_any
@@ -319,6 +320,7 @@ async def _load_filtered(
     if not candidates:
         return []
     statement = select(Passage).where(Passage.id.in_(list(candidates)))
+    statement = statement.options(defer(Passage.embedding))
     statement = _tag_filtered(statement, query, "sqlite")
     passages = (await session.scalars(statement)).all()
     scored = [ScoredPassage(passage, candidates[passage.id]) for passage in passages]
@@ -346,6 +348,8 @@ def _sqlite_timestamp(moment: datetime) -> str:
 
 
 def _filtered(statement: AnySelect, query: NearestQuery, dialect: str) -> AnySelect:
+    # Callers want the text, not the vector back: skip decoding it per row.
+    statement = statement.options(defer(Passage.embedding))
     # The dimension is inlined, not bound: a partial index's predicate is only
     # provably satisfied by a literal, and prepared statements turn generic.
     statement = statement.where(
