@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from engram.adapters.tokens.offline import CACHE_VARIABLE, seed_cache
 from engram.config.database_choice import choose_database
 from engram.config.settings import Settings
 from engram.store.database import Database
@@ -41,6 +42,16 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         if name.startswith(("ENGRAM_", "LETTA_", "OTEL_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tiktoken's encodings, from the bpe-openai wheel: no test downloads anything."""
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    seed_cache(cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_VARIABLE, str(cache))
+        yield cache
 
 
 @pytest.fixture(scope="session")

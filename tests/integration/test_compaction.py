@@ -135,7 +135,7 @@ def is_summary_request(body: dict[str, Any]) -> bool:
 
 
 def filler(topic: str, words: int = 90) -> str:
-    """A long message about ``topic`` (about four tokens a word)."""
+    """A long message about ``topic`` (about two tokens a word in o200k_base)."""
     return f"{topic}. " + " ".join(f"{topic.split()[0].lower()}{i}" for i in range(words))
 
 

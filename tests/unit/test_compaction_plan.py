@@ -9,7 +9,6 @@ from engram.services.runtime.compaction import (
     CompactionMode,
     EntryRole,
     SystemPromptTooLargeError,
-    estimate_tokens,
     needs_compaction,
     plan_compaction,
 )
@@ -101,10 +100,3 @@ def test_a_system_message_larger_than_the_window_cannot_be_helped() -> None:
 def test_the_buffer_must_start_with_the_system_message() -> None:
     with pytest.raises(ValueError, match="must start with the system message"):
         plan_compaction([BufferEntry("u", U, 5)], window=100)
-
-
-def test_estimate_is_a_quarter_of_the_utf8_bytes() -> None:
-    assert estimate_tokens("") == 0
-    assert estimate_tokens("abcd") == 1
-    assert estimate_tokens("abcde") == 2
-    assert estimate_tokens("é" * 4) == 2  # eight bytes

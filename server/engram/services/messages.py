@@ -46,6 +46,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from engram.adapters.llm.chat import ChatMessage, ChatResult, Reasoning, Role, ToolCall, ToolSpec
 from engram.adapters.llm.errors import ContextWindowExceededError, ProviderError
 from engram.adapters.llm.registry import LLMProvider, ProviderRegistry
+from engram.adapters.tokens import (
+    TokenCounter,
+    count_context,
+    count_message,
+    count_tools,
+    default_counters,
+)
 from engram.services.blocks import new_block
 from engram.services.caller import Caller
 from engram.services.common import load
@@ -62,10 +69,6 @@ from engram.services.runtime.compaction import (
     BufferEntry,
     EntryRole,
     SystemPromptTooLargeError,
-    estimate_context_tokens,
-    estimate_message_tokens,
-    estimate_tokens,
-    estimate_tools_tokens,
     needs_compaction,
     plan_compaction,
 )
@@ -506,8 +509,13 @@ class MessageService:
         return cut_page(rows, page, lambda message: (message.sequence_id,))
 
     async def context_window(self, caller: Caller, agent_id: str) -> ContextOverview:
-        """What the agent's next model call would carry, section by section (estimates)."""
+        """What the agent's next model call would carry, section by section, in tokens.
+
+        Counted with the agent's model's tokenizer when it is an OpenAI model,
+        by the calibrated estimate otherwise (see :mod:`engram.adapters.tokens`).
+        """
         context = await _load_context(self.database, caller.organization_id, agent_id)
+        counter = await default_counters().for_model(context.model)
         system = context.system
         statistics = render_memory_statistics(
             recall_messages=system.recall_messages,
@@ -517,18 +525,23 @@ class MessageService:
         buffer = context.buffer
         summary = buffer[:1] if buffer and _is_summary_message(buffer[0]) else []
         messages = buffer[len(summary) :]
-        return ContextOverview(
-            window=context.window,
-            system_prompt_tokens=estimate_tokens(system.prompt),
-            core_memory_tokens=estimate_tokens(render_core_memory(context.memory)),
-            tool_rules_tokens=estimate_tokens(render_tool_rules(system.rule_lines)),
-            memory_statistics_tokens=estimate_tokens(statistics),
-            summary_tokens=sum(estimate_message_tokens(m) for m in summary),
-            messages_tokens=sum(estimate_message_tokens(m) for m in messages),
-            tool_definitions_tokens=estimate_tools_tokens(_specs(context.tools)),
-            message_count=len(messages),
-            system_message=system.compile(context.memory).content,
-        )
+
+        def overview() -> ContextOverview:  # counting a long buffer is CPU work: off the loop
+            count = counter.count
+            return ContextOverview(
+                window=context.window,
+                system_prompt_tokens=count(system.prompt),
+                core_memory_tokens=count(render_core_memory(context.memory)),
+                tool_rules_tokens=count(render_tool_rules(system.rule_lines)),
+                memory_statistics_tokens=count(statistics),
+                summary_tokens=sum(count_message(counter, m) for m in summary),
+                messages_tokens=sum(count_message(counter, m) for m in messages),
+                tool_definitions_tokens=count_tools(counter, _specs(context.tools)),
+                message_count=len(messages),
+                system_message=system.compile(context.memory).content,
+            )
+
+        return await asyncio.to_thread(overview)
 
     async def reset_messages(self, caller: Caller, agent_id: str) -> None:
         """Empty the agent's buffer; the history stays stored and searchable.
@@ -809,6 +822,7 @@ class _AgentContext:
     system: _SystemPrompt
     window: int  # the agent's context window, in tokens
     buffer_start: int  # the sequence number the buffer was read from
+    model: str  # the agent's model handle: it picks the token counter
 
 
 async def _load_context(
@@ -860,6 +874,7 @@ async def _load_context(
         ),
         window=agent.context_window_limit or DEFAULT_CONTEXT_WINDOW,
         buffer_start=start,
+        model=agent.model or "",
     )
 
 
@@ -1330,7 +1345,8 @@ class _Compactor:
 
     async def before_step(self, turn: Turn) -> None:
         """Compact first when the coming call would pass the threshold of the window."""
-        tokens = estimate_context_tokens(turn.history, _specs(turn.tools))
+        counter = await default_counters().for_model(self.context.model)
+        tokens = await asyncio.to_thread(count_context, counter, turn.history, _specs(turn.tools))
         if needs_compaction(tokens, self.context.window):
             await self._compact_turn(turn)
 
@@ -1354,7 +1370,9 @@ class _Compactor:
         the tool schemas alone fill the window.
         """
         rows, last = await self._stored_buffer()
-        plan = plan_compaction(_plan_entries(system, tools, rows), self.context.window)
+        counter = await default_counters().for_model(self.context.model)
+        entries = await asyncio.to_thread(_plan_entries, counter, system, tools, rows)
+        plan = plan_compaction(entries, self.context.window)
         if not plan.changes_anything:
             return None
         by_id = {row.id: row for row in rows}
@@ -1414,7 +1432,7 @@ def _specs(tools: Sequence[RuntimeTool]) -> list[ToolSpec]:
 
 
 def _plan_entries(
-    system: ChatMessage, tools: Sequence[ToolSpec], rows: Sequence[Message]
+    counter: TokenCounter, system: ChatMessage, tools: Sequence[ToolSpec], rows: Sequence[Message]
 ) -> list[BufferEntry]:
     """The buffer as the planner sees it.
 
@@ -1422,11 +1440,11 @@ def _plan_entries(
     call and, like it, cannot be evicted.
     """
     waiting = _calls_awaiting_results(rows)
-    system_tokens = estimate_message_tokens(system) + estimate_tools_tokens(tools)
+    system_tokens = count_message(counter, system) + count_tools(counter, tools)
     entries = [BufferEntry("system", EntryRole.SYSTEM, system_tokens)]
     for row in rows:
         role = EntryRole.SUMMARY if _is_summary(row) else EntryRole(row.role)
-        tokens = estimate_message_tokens(_chat_message(row))
+        tokens = count_message(counter, _chat_message(row))
         entries.append(BufferEntry(row.id, role, tokens, pending_approval=row.id in waiting))
     return entries
 

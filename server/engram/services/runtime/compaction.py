@@ -3,7 +3,9 @@
 When the context passes its threshold (by default 90% of the window), the
 oldest part of the message buffer is replaced by a summary.  This module only
 *plans* that: given the buffer with a token count per message, it picks the
-cut, and it holds the token estimates the plan and its trigger use.  Writing
+cut.  The counts come from the agent's model's counter
+(:mod:`engram.adapters.tokens`: tiktoken for OpenAI models, a calibrated
+estimate for the others), which is why the trigger leaves 10% free.  Writing
 the summary is :mod:`engram.services.runtime.summarizer`'s work; storing it
 and moving the buffer's start is :class:`engram.services.messages.MessageService`'s.
 
@@ -24,12 +26,8 @@ between the system message and the protected tail is summarized.
 from __future__ import annotations
 
 import enum
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from engram.adapters.llm.chat import ChatMessage, ToolSpec
 
 DEFAULT_TRIGGER_FRACTION = 0.9
 DEFAULT_FIRST_EVICTION = 0.3
@@ -159,51 +157,3 @@ def _plan(
         mode=mode,
         kept_tokens=kept_tokens,
     )
-
-
-def estimate_tokens(text: str) -> int:
-    """A provider-independent token estimate: one token per four bytes of UTF-8.
-
-    The same rule the reference uses for models without a token-count API;
-    it errs high on English prose and low on dense code, which is why the
-    trigger leaves 10% of the window free.
-    """
-    return math.ceil(len(text.encode("utf-8")) / 4)
-
-
-def estimate_message_tokens(message: ChatMessage) -> int:
-    """The estimate for one message, taken over its JSON form.
-
-    Counting the serialized message rather than its text alone charges the
-    role, the tool calls and their arguments, the call ids and the reasoning
-    too: all of them travel to the provider and take room in the window.
-    """
-    serialized: dict[str, object] = {"role": message.role.value, "content": message.content}
-    if message.tool_calls:
-        serialized["tool_calls"] = [
-            {"id": call.id, "name": call.name, "arguments": call.arguments}
-            for call in message.tool_calls
-        ]
-    if message.tool_call_id:
-        serialized["tool_call_id"] = message.tool_call_id
-    if message.name:
-        serialized["name"] = message.name
-    if message.reasoning is not None:
-        serialized["reasoning"] = message.reasoning.text or message.reasoning.redacted
-    return estimate_tokens(json.dumps(serialized, ensure_ascii=False))
-
-
-def estimate_tools_tokens(tools: Sequence[ToolSpec]) -> int:
-    """The estimate for the tool schemas sent with every call (zero without tools)."""
-    if not tools:
-        return 0
-    schemas = [
-        {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
-        for tool in tools
-    ]
-    return estimate_tokens(json.dumps(schemas, ensure_ascii=False))
-
-
-def estimate_context_tokens(messages: Sequence[ChatMessage], tools: Sequence[ToolSpec]) -> int:
-    """What one model call costs in the window: every message plus the tool schemas."""
-    return sum(estimate_message_tokens(m) for m in messages) + estimate_tools_tokens(tools)
