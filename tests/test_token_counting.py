@@ -31,7 +31,7 @@ from engram.adapters.tokens import (
     count_tools,
     encoding_for_handle,
 )
-from engram.adapters.tokens.counter import MESSAGE_OVERHEAD, REPLY_PRIMING
+from engram.adapters.tokens.counter import MESSAGE_OVERHEAD, REPLY_PRIMING, memoized
 from engram.adapters.tokens.offline import CACHE_VARIABLE, cache_file_name, seed_cache
 from engram.config.settings import Settings
 from engram.services.admin import ensure_default_identity
@@ -464,3 +464,21 @@ async def test_compaction_triggers_at_ninety_percent_of_the_real_count(
     )
     assert summary_request["messages"][0]["content"] == INSTRUCTIONS
     assert answered["messages"][1]["content"].endswith("Ada asked two questions.")
+
+
+def test_counts_of_long_texts_are_remembered_not_confused() -> None:
+    calls: list[str] = []
+
+    def tokenize(text: str) -> int:
+        calls.append(text)
+        return len(text.split())
+
+    count = memoized(tokenize, size=2)
+    first, second, third = ("word " * 100, "other " * 100, "third " * 100)
+    assert [count(first), count(first), count(second)] == [100, 100, 100]
+    assert calls == [first, second]  # the repeat was remembered
+    assert count("short text") == 2 and count("short text") == 2
+    assert calls[-2:] == ["short text", "short text"]  # short texts are just counted
+    count(third)  # evicts the least recently used: first
+    count(first)
+    assert calls[-1] == first

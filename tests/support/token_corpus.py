@@ -12,7 +12,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from google.protobuf import descriptor_pb2, json_format
+
 from engram.services.base_tools import BASE_TOOLS
+from engram.v1 import agent_pb2, block_pb2, message_service_pb2, tool_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 MIN_CHARS = 40  # shorter pieces are headings and blank lines: noise, not messages
@@ -40,6 +43,16 @@ def tool_schemas() -> list[str]:
     return [json.dumps(tool.json_schema, ensure_ascii=False) for tool in BASE_TOOLS.values()]
 
 
+def message_descriptors() -> list[str]:
+    """JSON: the API's own message definitions (fields, types, numbers), one per message."""
+    pieces: list[str] = []
+    for module in (agent_pb2, block_pb2, tool_pb2, message_service_pb2):
+        described = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(described)
+        pieces += [json.dumps(json_format.MessageToDict(m)) for m in described.message_type]
+    return pieces
+
+
 def tool_arguments(prose: Iterable[str], limit: int = 40) -> list[str]:
     """JSON with prose inside: memory-edit arguments carrying real paragraphs."""
     return [
@@ -54,11 +67,11 @@ def server_sources() -> list[Path]:
 
 
 def repository_corpus() -> dict[str, list[str]]:
-    """The fixed sample: README prose, server code, tool schemas, tool arguments."""
+    """The fixed sample: README prose, server code, JSON, tool arguments."""
     prose = markdown_sections([REPO / "README.md"])
     return {
         "prose": prose,
         "code": python_definitions(server_sources()),
-        "json": tool_schemas(),
+        "json": tool_schemas() + message_descriptors(),
         "arguments": tool_arguments(prose),
     }

@@ -111,7 +111,7 @@ class MessageServiceServicer:
 
     def GetContextWindow(self, request, context):
         """Reports what the agent's context window holds now, section by section,
-        with a token estimate for each (4 bytes of UTF-8 per token).
+        with a token count for each (exact for OpenAI models, else an estimate).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -12,7 +12,9 @@ render them in formats of their own, so those parts are close, not exact.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from engram.adapters.llm.chat import ChatMessage, ToolSpec
@@ -21,6 +23,45 @@ MESSAGE_OVERHEAD = 3  # the start, role-separator and end tokens around every me
 NAME_OVERHEAD = 1  # a message with a name pays one token for the field
 TOOL_CALL_OVERHEAD = 3  # the frame around each call's name and arguments
 REPLY_PRIMING = 3  # the assistant header every reply starts with
+
+# A turn recounts its whole buffer before every step, and the next turn the same
+# buffer again: the counts of texts longer than MEMO_MIN_CHARS are remembered,
+# keyed by length and hash (hashing is ~100x cheaper than tokenizing), so the
+# memory holds numbers, never the texts.  A collision of both (odds ~2^-64 per
+# pair) would only misjudge one count.
+MEMO_SIZE = 16_384
+MEMO_MIN_CHARS = 200
+
+
+class _Memo:
+    """An LRU map from (length, hash) of a text to its count; safe across threads."""
+
+    def __init__(self, count: Callable[[str], int], size: int) -> None:
+        self._count = count
+        self._size = size
+        self._counts: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> int:
+        if len(text) < MEMO_MIN_CHARS:
+            return self._count(text)
+        key = (len(text), hash(text))
+        with self._lock:
+            known = self._counts.get(key)
+            if known is not None:
+                self._counts.move_to_end(key)
+                return known
+        counted = self._count(text)  # outside the lock: counting is the slow part
+        with self._lock:
+            self._counts[key] = counted
+            if len(self._counts) > self._size:
+                self._counts.popitem(last=False)
+        return counted
+
+
+def memoized(count: Callable[[str], int], size: int = MEMO_SIZE) -> Callable[[str], int]:
+    """``count``, remembering the counts of the last ``size`` long texts (0: no memory)."""
+    return _Memo(count, size) if size > 0 else count
 
 
 class TokenCounter(Protocol):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import tiktoken
 
+from engram.adapters.tokens.counter import MEMO_SIZE, memoized
+
 DEFAULT_ENCODING = "o200k_base"
 OPENAI_PROVIDERS = frozenset({"openai", "azure"})
 # Gateways that serve OpenAI's models among others, under "openai/<model>".
@@ -44,13 +46,17 @@ class TiktokenCounter:
 
     exact = True
 
-    def __init__(self, encoding: tiktoken.Encoding) -> None:
+    def __init__(self, encoding: tiktoken.Encoding, *, memo_size: int = MEMO_SIZE) -> None:
         self._encoding = encoding
+        self._count = memoized(self._tokenize, memo_size)
 
     @property
     def name(self) -> str:
         return self._encoding.name
 
     def count(self, text: str) -> int:
+        return self._count(text)
+
+    def _tokenize(self, text: str) -> int:
         # encode_ordinary: text that spells a special token is plain text to a chat API.
         return len(self._encoding.encode_ordinary(text))
