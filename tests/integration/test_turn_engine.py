@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -116,9 +117,16 @@ def make_turn(
 
 
 async def events_of(turn: Turn) -> list[TurnEvent]:
+    """The turn's events, their message ids blanked once checked (they are random).
+
+    Every id an event carries must be one of a message the turn wrote.
+    """
     events = [event async for event in run_turn(turn)]
     await turn.provider.close()
-    return events
+    written = {message.id for message in turn.new_messages}
+    shown = [event.message_id for event in events if hasattr(event, "message_id")]
+    assert all(message_id in written for message_id in shown)
+    return [replace(e, message_id="") if hasattr(e, "message_id") else e for e in events]
 
 
 def finished(events: Sequence[TurnEvent]) -> TurnFinished:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import socket
 import sys
@@ -102,6 +103,12 @@ class Reply:
     translated.  ``delay`` sleeps before the response starts (timeouts,
     cancellation); ``chunk_delay`` sleeps between streamed events (cancelling
     mid-stream).
+
+    Streaming shape: ``piece_chars`` overrides the size of streamed text,
+    reasoning and argument pieces (1 makes a piece per character);
+    ``interleave_tool_calls`` makes an OpenAI stream alternate the argument
+    pieces of parallel calls, as some servers do; ``redacted_reasoning`` adds
+    an Anthropic ``redacted_thinking`` block (OpenAI has none and ignores it).
     """
 
     text: str = ""
@@ -112,6 +119,9 @@ class Reply:
     completion_tokens: int = 5
     delay: float = 0.0
     chunk_delay: float = 0.0
+    piece_chars: int | None = None
+    interleave_tool_calls: bool = False
+    redacted_reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -319,20 +329,36 @@ def openai_completion(reply: Reply, model: str, call_ids: Sequence[str]) -> Json
 
 def _openai_deltas(reply: Reply, call_ids: Sequence[str]) -> Iterator[JsonObject]:
     """Role, reasoning pieces, text pieces, then each tool call's header and argument pieces."""
+    text_size = reply.piece_chars or TEXT_PIECE_CHARS
     yield {"role": "assistant", "content": ""}
-    for piece in _pieces(reply.reasoning, TEXT_PIECE_CHARS):
+    for piece in _pieces(reply.reasoning, text_size):
         yield {"reasoning_content": piece}
-    for piece in _pieces(reply.text, TEXT_PIECE_CHARS):
+    for piece in _pieces(reply.text, text_size):
         yield {"content": piece}
-    for index, (call, call_id) in enumerate(zip(reply.tool_calls, call_ids, strict=True)):
-        function = {"name": call.name, "arguments": ""}
-        yield {
-            "tool_calls": [
-                {"index": index, "id": call_id, "type": "function", "function": function}
-            ]
-        }
-        for piece in _pieces(_arguments_text(call, compact=True), ARGUMENT_PIECE_CHARS):
-            yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+    calls = [
+        _openai_call_deltas(index, call, call_id, reply.piece_chars or ARGUMENT_PIECE_CHARS)
+        for index, (call, call_id) in enumerate(zip(reply.tool_calls, call_ids, strict=True))
+    ]
+    if reply.interleave_tool_calls:
+        # Round robin: a piece of each call in turn, headers first.
+        for round_ in itertools.zip_longest(*calls):
+            yield from (delta for delta in round_ if delta is not None)
+    else:
+        for deltas in calls:
+            yield from deltas
+
+
+def _openai_call_deltas(index: int, call: ToolCall, call_id: str, size: int) -> list[JsonObject]:
+    """One tool call's header, then its argument pieces."""
+    function = {"name": call.name, "arguments": ""}
+    header = {"index": index, "id": call_id, "type": "function", "function": function}
+    return [
+        {"tool_calls": [header]},
+        *(
+            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            for piece in _pieces(_arguments_text(call, compact=True), size)
+        ),
+    ]
 
 
 def openai_chunks(
@@ -372,6 +398,8 @@ def _anthropic_blocks(reply: Reply, tool_ids: Sequence[str]) -> list[JsonObject]
     if reply.reasoning:
         signature = signature_for(reply.reasoning)
         blocks.append({"type": "thinking", "thinking": reply.reasoning, "signature": signature})
+    if reply.redacted_reasoning:
+        blocks.append({"type": "redacted_thinking", "data": reply.redacted_reasoning})
     if reply.text:
         blocks.append({"type": "text", "text": reply.text})
     for call, tool_id in zip(reply.tool_calls, tool_ids, strict=True):
@@ -404,21 +432,25 @@ def _anthropic_stream_blocks(
     reply: Reply, tool_ids: Sequence[str]
 ) -> Iterator[tuple[JsonObject, list[JsonObject]]]:
     """Each streamed block as (``content_block`` of its start event, its deltas)."""
+    text_size = reply.piece_chars or TEXT_PIECE_CHARS
     if reply.reasoning:
         deltas = [
             {"type": "thinking_delta", "thinking": piece}
-            for piece in _pieces(reply.reasoning, TEXT_PIECE_CHARS)
+            for piece in _pieces(reply.reasoning, text_size)
         ]
         deltas.append({"type": "signature_delta", "signature": signature_for(reply.reasoning)})
         yield {"type": "thinking", "thinking": "", "signature": ""}, deltas
+    if reply.redacted_reasoning:
+        yield {"type": "redacted_thinking", "data": reply.redacted_reasoning}, []
     if reply.text:
-        pieces = _pieces(reply.text, TEXT_PIECE_CHARS)
+        pieces = _pieces(reply.text, text_size)
         yield (
             {"type": "text", "text": ""},
             [{"type": "text_delta", "text": piece} for piece in pieces],
         )
     for call, tool_id in zip(reply.tool_calls, tool_ids, strict=True):
-        pieces = ["", *_pieces(_arguments_text(call, compact=False), ARGUMENT_PIECE_CHARS)]
+        size = reply.piece_chars or ARGUMENT_PIECE_CHARS
+        pieces = ["", *_pieces(_arguments_text(call, compact=False), size)]
         start = {"type": "tool_use", "id": tool_id, "name": call.name, "input": {}}
         yield start, [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
 

@@ -23,9 +23,10 @@ from engram.services.messages import MessageService, RunEvent, RunStarted, RunVi
 from engram.services.runtime.turn import (
     ApprovalRequestEvent,
     AssistantEvent,
+    HiddenReasoningEvent,
     ReasoningEvent,
-    StepFinished,
     StepStarted,
+    ToolCallDeltaEvent,
     ToolCallEvent,
     ToolReturnEvent,
     TurnFinished,
@@ -163,10 +164,16 @@ class _EventStream:
         self.seq = 0
         self.step = 0
 
-    def make(self, step: int | None = None, **event: Any) -> message_service_pb2.TurnEvent:
+    def make(
+        self, step: int | None = None, message_id: str = "", **event: Any
+    ) -> message_service_pb2.TurnEvent:
         self.seq += 1
         return message_service_pb2.TurnEvent(
-            run=self.run, seq=self.seq, step=self.step if step is None else step, **event
+            run=self.run,
+            seq=self.seq,
+            step=self.step if step is None else step,
+            message_id=message_id,
+            **event,
         )
 
     def translate(self, item: RunEvent) -> list[message_service_pb2.TurnEvent]:
@@ -178,44 +185,67 @@ class _EventStream:
             self.step = event.step
             return []
         if isinstance(event, ReasoningEvent):
-            return [self.make(reasoning=message_service_pb2.ReasoningEvent(text=event.text))]
+            return [
+                self.make(
+                    message_id=event.message_id,
+                    reasoning=message_service_pb2.ReasoningEvent(text=event.text),
+                )
+            ]
         if isinstance(event, AssistantEvent):
             return [
                 self.make(
-                    assistant_message=message_service_pb2.AssistantMessageEvent(text=event.text)
+                    message_id=event.message_id,
+                    assistant_message=message_service_pb2.AssistantMessageEvent(text=event.text),
+                )
+            ]
+        if isinstance(event, ToolCallDeltaEvent):
+            return [
+                self.make(
+                    message_id=event.message_id,
+                    tool_call_delta=message_service_pb2.ToolCallDeltaEvent(
+                        index=event.index,
+                        call_id=event.call_id,
+                        name=event.name,
+                        arguments_delta=event.arguments,
+                    ),
+                )
+            ]
+        if isinstance(event, HiddenReasoningEvent):
+            return [
+                self.make(
+                    message_id=event.message_id,
+                    hidden_reasoning=message_service_pb2.HiddenReasoningEvent(),
                 )
             ]
         if isinstance(event, ToolCallEvent):
             call = event.call
             return [
                 self.make(
+                    message_id=event.message_id,
                     tool_call=message_service_pb2.ToolCallEvent(
                         call_id=call.id, name=call.name, arguments=call.arguments
-                    )
+                    ),
                 )
             ]
         if isinstance(event, ToolReturnEvent):
             return [
                 self.make(
+                    message_id=event.message_id,
                     tool_return=message_service_pb2.ToolReturnEvent(
                         call_id=event.call_id, name=event.name, text=event.text, ok=event.ok
-                    )
+                    ),
                 )
             ]
         if isinstance(event, ApprovalRequestEvent):
             call = event.call
             return [
                 self.make(
+                    message_id=event.message_id,
                     approval_request=message_service_pb2.ApprovalRequestEvent(
                         call_id=call.id, name=call.name, arguments=call.arguments
-                    )
+                    ),
                 )
             ]
-        if isinstance(event, StepFinished):
-            reasoning = event.result.reasoning
-            if reasoning is not None and reasoning.redacted:
-                return [self.make(hidden_reasoning=message_service_pb2.HiddenReasoningEvent())]
-            return []
         if isinstance(event, TurnFinished):
             usage = usage_to_proto(event.prompt_tokens, event.completion_tokens, event.steps)
             return [
@@ -297,6 +327,11 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
     def service(self) -> MessageService:
         return self.app.services.messages
 
+    @property
+    def _coalesce_seconds(self) -> float:
+        """How long token-stream pieces may be held to be merged (the server's setting)."""
+        return self.app.settings.stream_coalesce_ms / 1000
+
     async def SendMessage(
         self, request: message_service_pb2.SendMessageRequest, context: grpc.aio.ServicerContext
     ) -> message_service_pb2.SendMessageResponse:
@@ -325,6 +360,7 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
             agent_id,
             text,
             stream_tokens=request.stream_tokens,
+            coalesce_seconds=self._coalesce_seconds,
             max_steps=max_steps,
             deadline=_deadline(context),
         )
@@ -346,6 +382,7 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
             request.approve,
             request.reason,
             stream_tokens=request.stream_tokens,
+            coalesce_seconds=self._coalesce_seconds,
             max_steps=_max_steps(request.max_steps),
             deadline=_deadline(context),
         )

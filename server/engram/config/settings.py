@@ -127,6 +127,15 @@ class Settings(BaseSettings):
         validation_alias=env("STREAM_PING_INTERVAL_SECONDS", legacy=False),
         description="A streamed turn sends a ping after this many seconds without events.",
     )
+    stream_coalesce_ms: int = Field(
+        50,
+        ge=0,
+        validation_alias=env("STREAM_COALESCE_MS", legacy=False),
+        description=(
+            "With token streaming, pieces of the model's answer arriving within this many "
+            "milliseconds are merged into one event; 0 sends every piece as it comes."
+        ),
+    )
     health_check_interval_seconds: float = Field(
         5.0,
         ge=0,

@@ -99,6 +99,7 @@ from engram.services.runtime.turn import (
     run_turn,
 )
 from engram.store.database import Database
+from engram.store.ids import IdPrefix, new_id
 from engram.store.models import (
     Agent,
     AgentBlock,
@@ -206,6 +207,7 @@ class MessageService:
         text: str,
         *,
         stream_tokens: bool = False,
+        coalesce_seconds: float = 0.0,
         max_steps: int = DEFAULT_MAX_STEPS,
         deadline: float | None = None,
     ) -> AsyncGenerator[RunEvent, None]:
@@ -218,12 +220,16 @@ class MessageService:
         iteration and leave no run behind; later ones close the run as failed
         (or cancelled) and are raised again.  Closing the generator early, or
         cancelling the task reading it, cancels the turn and its run.
+
+        With ``stream_tokens``, pieces of the model's answer are held up to
+        ``coalesce_seconds`` to be merged (0 sends each piece as it comes).
         """
         turn = self._turn(
             caller,
             agent_id,
             _checked_text(text),
             stream_tokens=stream_tokens,
+            coalesce_seconds=coalesce_seconds,
             max_steps=max_steps,
             deadline=deadline,
         )
@@ -240,6 +246,7 @@ class MessageService:
         reason: str = "",
         *,
         stream_tokens: bool = False,
+        coalesce_seconds: float = 0.0,
         max_steps: int = DEFAULT_MAX_STEPS,
         deadline: float | None = None,
     ) -> AsyncGenerator[RunEvent, None]:
@@ -260,6 +267,7 @@ class MessageService:
             agent_id,
             review,
             stream_tokens=stream_tokens,
+            coalesce_seconds=coalesce_seconds,
             max_steps=max_steps,
             deadline=deadline,
         )
@@ -275,6 +283,7 @@ class MessageService:
         *,
         stream_tokens: bool,
         max_steps: int,
+        coalesce_seconds: float = 0.0,
         deadline: float | None = None,
     ) -> AsyncGenerator[RunEvent, None]:
         """Claim the agent, start a run, and run the turn that ``opening`` starts.
@@ -290,6 +299,7 @@ class MessageService:
             contract=_contract(agent),
             max_steps=max_steps,
             stream_tokens=stream_tokens,
+            coalesce_seconds=coalesce_seconds,
             deadline=deadline,
             **_model_settings(agent.model_settings),
         )
@@ -446,6 +456,8 @@ class MessageService:
             before_step=compactor.before_step,
             on_context_overflow=compactor.on_overflow,
             resume=resume,
+            # Ids the store accepts, so a streamed piece names the message as stored.
+            new_message_id=lambda: new_id(IdPrefix.MESSAGE),
         )
         recorder.attach(turn, context.system)
         return turn
@@ -1021,7 +1033,8 @@ def _pending_decision(
     if call is None or call.id in answered:
         # Checked when the run started; only a compaction in between could hide it.
         raise _no_pending_approval(agent_id, review.call_id)
-    return PendingDecision(call, review.approve, review.reason)
+    assert assistant is not None  # it holds the call
+    return PendingDecision(call, review.approve, review.reason, message_id=assistant.id)
 
 
 # --- stored messages <-> chat messages -------------------------------------------------
@@ -1105,9 +1118,11 @@ def _chat_message(row: Message) -> ChatMessage:
     text = "".join(str(i.get("text", "")) for i in items if i.get("type") == "text")
     role = Role(row.role)
     if role is Role.TOOL:
-        return ChatMessage(role, text, tool_call_id=row.tool_call_id or "", name=row.name or "")
+        return ChatMessage(
+            role, text, tool_call_id=row.tool_call_id or "", name=row.name or "", id=row.id
+        )
     if role is not Role.ASSISTANT:
-        return ChatMessage(role, text)
+        return ChatMessage(role, text, id=row.id)
     reasoning = next(
         (
             Reasoning(
@@ -1124,7 +1139,7 @@ def _chat_message(row: Message) -> ChatMessage:
         ToolCall(str(c["id"]), str(c["name"]), str(c.get("arguments", "")))
         for c in row.tool_calls or []
     )
-    return ChatMessage(role, text, tool_calls=calls, reasoning=reasoning)
+    return ChatMessage(role, text, tool_calls=calls, reasoning=reasoning, id=row.id)
 
 
 # --- recording a turn ------------------------------------------------------------------
@@ -1274,6 +1289,8 @@ async def _add_messages(
     for message in messages:
         sequence += 1
         row = _message_row(message, runtime_notice=notices and message.role is Role.USER)
+        if message.id:
+            row.id = message.id  # chosen by the turn, and already shown to a streaming client
         row.agent_id, row.sequence_id = agent_id, sequence
         row.run_id, row.step_id = run_id, step_id
         session.add(row)

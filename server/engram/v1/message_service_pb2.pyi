@@ -64,10 +64,11 @@ class SubmitApprovalRequest(_message.Message):
     def __init__(self, agent: _Optional[str] = ..., call_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., stream_tokens: _Optional[bool] = ..., max_steps: _Optional[int] = ...) -> None: ...
 
 class TurnEvent(_message.Message):
-    __slots__ = ("run", "seq", "step", "reasoning", "hidden_reasoning", "assistant_message", "tool_call", "tool_return", "approval_request", "stop_reason", "usage", "ping", "error")
+    __slots__ = ("run", "seq", "step", "message_id", "reasoning", "hidden_reasoning", "assistant_message", "tool_call", "tool_return", "approval_request", "stop_reason", "usage", "ping", "error", "tool_call_delta")
     RUN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_REASONING_FIELD_NUMBER: _ClassVar[int]
     ASSISTANT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -78,9 +79,11 @@ class TurnEvent(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_DELTA_FIELD_NUMBER: _ClassVar[int]
     run: str
     seq: int
     step: int
+    message_id: str
     reasoning: ReasoningEvent
     hidden_reasoning: HiddenReasoningEvent
     assistant_message: AssistantMessageEvent
@@ -91,7 +94,8 @@ class TurnEvent(_message.Message):
     usage: UsageEvent
     ping: PingEvent
     error: ErrorEvent
-    def __init__(self, run: _Optional[str] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., reasoning: _Optional[_Union[ReasoningEvent, _Mapping]] = ..., hidden_reasoning: _Optional[_Union[HiddenReasoningEvent, _Mapping]] = ..., assistant_message: _Optional[_Union[AssistantMessageEvent, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., tool_return: _Optional[_Union[ToolReturnEvent, _Mapping]] = ..., approval_request: _Optional[_Union[ApprovalRequestEvent, _Mapping]] = ..., stop_reason: _Optional[_Union[StopReasonEvent, _Mapping]] = ..., usage: _Optional[_Union[UsageEvent, _Mapping]] = ..., ping: _Optional[_Union[PingEvent, _Mapping]] = ..., error: _Optional[_Union[ErrorEvent, _Mapping]] = ...) -> None: ...
+    tool_call_delta: ToolCallDeltaEvent
+    def __init__(self, run: _Optional[str] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., message_id: _Optional[str] = ..., reasoning: _Optional[_Union[ReasoningEvent, _Mapping]] = ..., hidden_reasoning: _Optional[_Union[HiddenReasoningEvent, _Mapping]] = ..., assistant_message: _Optional[_Union[AssistantMessageEvent, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., tool_return: _Optional[_Union[ToolReturnEvent, _Mapping]] = ..., approval_request: _Optional[_Union[ApprovalRequestEvent, _Mapping]] = ..., stop_reason: _Optional[_Union[StopReasonEvent, _Mapping]] = ..., usage: _Optional[_Union[UsageEvent, _Mapping]] = ..., ping: _Optional[_Union[PingEvent, _Mapping]] = ..., error: _Optional[_Union[ErrorEvent, _Mapping]] = ..., tool_call_delta: _Optional[_Union[ToolCallDeltaEvent, _Mapping]] = ...) -> None: ...
 
 class ReasoningEvent(_message.Message):
     __slots__ = ("text",)
@@ -108,6 +112,18 @@ class AssistantMessageEvent(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     text: str
     def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class ToolCallDeltaEvent(_message.Message):
+    __slots__ = ("index", "call_id", "name", "arguments_delta")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_DELTA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    call_id: str
+    name: str
+    arguments_delta: str
+    def __init__(self, index: _Optional[int] = ..., call_id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_delta: _Optional[str] = ...) -> None: ...
 
 class ToolCallEvent(_message.Message):
     __slots__ = ("call_id", "name", "arguments")

@@ -23,6 +23,7 @@ from engram.adapters.llm.chat import (
     ChatResult,
     Completed,
     FinishReason,
+    HiddenReasoningStarted,
     Reasoning,
     ReasoningDelta,
     Role,
@@ -297,7 +298,7 @@ class _StreamAssembler:
             return [ToolCallDelta(call_index, block.id, block.name, "")]
         if kind == "redacted_thinking":
             self.blocks[index] = _Block(kind, parts=[block.data])
-            return []
+            return [HiddenReasoningStarted()]
         self.blocks[index] = _Block(kind)
         return []
 

@@ -72,6 +72,9 @@ class ChatMessage:
     tool_call_id: str = ""  # for Role.TOOL: the call this answers
     name: str = ""  # for Role.TOOL: the tool's name (some providers want it)
     reasoning: Reasoning | None = None  # for Role.ASSISTANT: to send back to the provider
+    # The id the message is stored under, when it was chosen before the message was
+    # complete (token streaming announces it with the first piece); "" lets the store pick.
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,21 @@ class ReasoningDelta:
 
 @dataclass(frozen=True)
 class ToolCallDelta:
-    """A piece of a tool call. ``id`` and ``name`` arrive with the first piece of ``index``."""
+    """A piece of a tool call. ``id`` and ``name`` arrive with the first piece of ``index``.
+
+    ``index`` is the call's position among the answer's calls, from 0; pieces
+    of calls made in parallel may arrive interleaved, told apart by it.
+    """
 
     index: int
     id: str = ""
     name: str = ""
     arguments: str = ""
+
+
+@dataclass(frozen=True)
+class HiddenReasoningStarted:
+    """The model reasons in a block the provider encrypts (sent whole with the result)."""
 
 
 @dataclass(frozen=True)
@@ -163,4 +175,4 @@ class Completed:
     result: ChatResult
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Completed
+StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | HiddenReasoningStarted | Completed

@@ -31,6 +31,14 @@ first model call the loop runs the approved call (or answers a denied one
 with a refusal the model can read), and then goes on as after any tool call.
 The tool rules are applied to that call as to the first call of the new turn,
 since rule state (init, max-count, ...) is kept per turn.
+
+Every message the turn writes gets its id from ``Turn.new_message_id`` when
+it is created, and the events that show a message carry that id.  The
+assistant message's id is chosen before its model call starts, so that with
+token streaming every piece of it (reasoning, text, tool-call arguments)
+already names the message it will be stored as.  Pieces are merged by a
+:class:`DeltaCoalescer` (see :mod:`delta_coalescer`), flushed before any
+other event and at the end of each model call.
 """
 
 from __future__ import annotations
@@ -38,9 +46,10 @@ from __future__ import annotations
 import enum
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Self
 
 from engram.adapters.llm.chat import (
     ChatMessage,
@@ -48,10 +57,13 @@ from engram.adapters.llm.chat import (
     ChatResult,
     Completed,
     FinishReason,
+    HiddenReasoningStarted,
     ReasoningDelta,
     Role,
+    StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
     ToolChoice,
     ToolSpec,
 )
@@ -63,6 +75,7 @@ from engram.services.runtime.core_memory import (
     MemoryToolError,
     run_memory_tool,
 )
+from engram.services.runtime.delta_coalescer import DeltaCoalescer
 from engram.services.runtime.tool_rule_solver import (
     Continuation,
     ToolRuleSolver,
@@ -132,6 +145,8 @@ class TurnSettings:
     reasoning_effort: str = ""
     parallel_tool_calls: bool = False
     stream_tokens: bool = False
+    # How long token-stream pieces are held to be merged (seconds); 0 sends each as it comes.
+    coalesce_seconds: float = 0.0
     # The caller's deadline (time.monotonic() seconds), passed down to each
     # provider call so that a call never outlives the client waiting for it.
     deadline: float | None = None
@@ -147,19 +162,89 @@ class StepStarted:
 
 @dataclass(frozen=True)
 class ReasoningEvent:
+    """The model's reasoning, whole, or (``delta``) the next piece of it."""
+
     text: str
     delta: bool = False  # a piece of the text (token streaming), not the whole
+    message_id: str = ""  # the assistant message it belongs to
+
+    @property
+    def channel(self) -> tuple[str, str]:
+        return ("reasoning", self.message_id)
+
+    @property
+    def size(self) -> int:
+        return len(self.text)
+
+    def followed_by(self, later: Self) -> Self:
+        return replace(self, text=self.text + later.text)
 
 
 @dataclass(frozen=True)
 class AssistantEvent:
+    """Text for the user, whole, or (``delta``) the next piece of it."""
+
     text: str
     delta: bool = False
+    message_id: str = ""  # the assistant message it belongs to (or whose send_message said it)
+
+    @property
+    def channel(self) -> tuple[str, str]:
+        return ("text", self.message_id)
+
+    @property
+    def size(self) -> int:
+        return len(self.text)
+
+    def followed_by(self, later: Self) -> Self:
+        return replace(self, text=self.text + later.text)
+
+
+@dataclass(frozen=True)
+class ToolCallDeltaEvent:
+    """The next piece of a tool call's arguments, as the model writes them.
+
+    ``index`` tells apart the calls of one answer; ``call_id`` is on every
+    piece, ``name`` only on the first piece of a call.
+    """
+
+    index: int
+    call_id: str
+    name: str
+    arguments: str
+    message_id: str
+
+    @property
+    def channel(self) -> tuple[str, str, int]:
+        return ("tool_call", self.message_id, self.index)
+
+    @property
+    def size(self) -> int:
+        return len(self.arguments)
+
+    def followed_by(self, later: Self) -> Self:
+        return replace(
+            self,
+            call_id=self.call_id or later.call_id,
+            name=self.name or later.name,
+            arguments=self.arguments + later.arguments,
+        )
+
+
+DeltaEvent = ReasoningEvent | AssistantEvent | ToolCallDeltaEvent
+
+
+@dataclass(frozen=True)
+class HiddenReasoningEvent:
+    """The model reasoned, but the provider keeps the reasoning encrypted."""
+
+    message_id: str
 
 
 @dataclass(frozen=True)
 class ToolCallEvent:
     call: ToolCall
+    message_id: str = ""  # the assistant message that made the call
 
 
 @dataclass(frozen=True)
@@ -168,11 +253,13 @@ class ToolReturnEvent:
     name: str
     text: str
     ok: bool
+    message_id: str = ""  # the tool message that carries the result
 
 
 @dataclass(frozen=True)
 class ApprovalRequestEvent:
     call: ToolCall
+    message_id: str = ""  # the assistant message that made the call
 
 
 @dataclass(frozen=True)
@@ -193,6 +280,8 @@ TurnEvent = (
     StepStarted
     | ReasoningEvent
     | AssistantEvent
+    | ToolCallDeltaEvent
+    | HiddenReasoningEvent
     | ToolCallEvent
     | ToolReturnEvent
     | ApprovalRequestEvent
@@ -212,6 +301,7 @@ class PendingDecision:
     call: ToolCall
     approve: bool
     reason: str = ""
+    message_id: str = ""  # the stored assistant message that made the call
 
 
 @dataclass
@@ -232,8 +322,13 @@ class Turn:
     on_context_overflow: OverflowHook | None = None
     # Set when the turn starts by answering a call that waited for approval.
     resume: PendingDecision | None = None
+    # Chooses the id of each message the turn writes (the caller's id scheme).
+    new_message_id: Callable[[], str] = lambda: str(uuid.uuid4())
 
     def append(self, message: ChatMessage) -> None:
+        """Add a message to the conversation; it gets an id here unless it has one."""
+        if not message.id:
+            message = replace(message, id=self.new_message_id())
         self.history.append(message)
         self.new_messages.append(message)
 
@@ -280,8 +375,10 @@ async def run_turn(turn: Turn) -> AsyncIterator[TurnEvent]:
         # on messages that are all stored.
         if turn.before_step is not None:
             await turn.before_step(turn)
+        # Chosen now, so that streamed pieces of the answer name their message.
+        message_id = turn.new_message_id()
         result: ChatResult | None = None
-        async for event in _call_model_making_room(turn, step):
+        async for event in _call_model_making_room(turn, message_id):
             if isinstance(event, ChatResult):
                 result = event
             else:
@@ -291,7 +388,7 @@ async def run_turn(turn: Turn) -> AsyncIterator[TurnEvent]:
         completion_tokens += result.usage.completion_tokens
         yield StepFinished(step, result)
         outcome: list[TurnEvent] = []
-        stop = await _after_step(turn, result, step, outcome)
+        stop = await _after_step(turn, result, step, message_id, outcome)
         for event in outcome:
             yield event
     yield TurnFinished(stop, step, prompt_tokens, completion_tokens)
@@ -320,7 +417,9 @@ def _offered_tools(turn: Turn) -> tuple[list[ToolSpec], ToolChoice]:
     return specs, ToolChoice("auto")
 
 
-async def _call_model_making_room(turn: Turn, step: int) -> AsyncIterator[TurnEvent | ChatResult]:
+async def _call_model_making_room(
+    turn: Turn, message_id: str
+) -> AsyncIterator[TurnEvent | ChatResult]:
     """The model call, retried after the overflow hook made room in the context.
 
     A provider reports an overflow before it sends anything; an overflow
@@ -330,7 +429,7 @@ async def _call_model_making_room(turn: Turn, step: int) -> AsyncIterator[TurnEv
     while True:
         sent_any = False
         try:
-            async for event in _call_model(turn, step):
+            async for event in _call_model(turn, message_id):
                 sent_any = True
                 yield event
             return
@@ -355,7 +454,7 @@ def _time_left(deadline: float | None) -> float | None:
     return max(MIN_CALL_SECONDS, deadline - time.monotonic() - DEADLINE_MARGIN_SECONDS)
 
 
-async def _call_model(turn: Turn, step: int) -> AsyncIterator[TurnEvent | ChatResult]:
+async def _call_model(turn: Turn, message_id: str) -> AsyncIterator[TurnEvent | ChatResult]:
     specs, choice = _offered_tools(turn)
     settings = turn.settings
     request = ChatRequest(
@@ -375,47 +474,107 @@ async def _call_model(turn: Turn, step: int) -> AsyncIterator[TurnEvent | ChatRe
     if not settings.stream_tokens:
         yield await turn.provider.complete(request)
         return
+    pieces = _StreamPieces(message_id, settings.contract)
+    coalescer = DeltaCoalescer[DeltaEvent](settings.coalesce_seconds)
+    hidden_shown = False
     async for event in turn.provider.stream(request):
-        if isinstance(event, ReasoningDelta):
-            yield ReasoningEvent(event.text, delta=True)
-        elif isinstance(event, TextDelta) and settings.contract is LoopContract.NATIVE:
-            yield AssistantEvent(event.text, delta=True)
-        elif isinstance(event, Completed):
+        if isinstance(event, Completed):
+            for held in coalescer.flush():
+                yield held
             yield event.result
+        elif isinstance(event, HiddenReasoningStarted):
+            if not hidden_shown:
+                hidden_shown = True
+                for held in coalescer.flush():
+                    yield held
+                yield HiddenReasoningEvent(message_id)
+        else:
+            piece = pieces.translate(event)
+            if piece is not None:
+                for ready in coalescer.add(piece):
+                    yield ready
+
+
+class _StreamPieces:
+    """Turns a provider's stream pieces into the pieces a client sees.
+
+    Every piece names the answer's message; a tool call's id is repeated on
+    each of its pieces, and its name is given once, on the first.
+    """
+
+    def __init__(self, message_id: str, contract: LoopContract) -> None:
+        self.message_id = message_id
+        self.contract = contract
+        self.call_ids: dict[int, str] = {}
+        self.named: set[int] = set()
+
+    def translate(self, event: StreamEvent) -> DeltaEvent | None:
+        if isinstance(event, ReasoningDelta):
+            return ReasoningEvent(event.text, delta=True, message_id=self.message_id)
+        if isinstance(event, TextDelta):
+            # A heartbeat agent's plain text is not for the user.
+            if self.contract is not LoopContract.NATIVE:
+                return None
+            return AssistantEvent(event.text, delta=True, message_id=self.message_id)
+        if isinstance(event, ToolCallDelta):
+            return self._tool_piece(event)
+        return None
+
+    def _tool_piece(self, event: ToolCallDelta) -> ToolCallDeltaEvent | None:
+        call_id = self.call_ids.get(event.index, "") or event.id
+        self.call_ids[event.index] = call_id
+        name = ""
+        if event.name and event.index not in self.named:
+            self.named.add(event.index)
+            name = event.name
+        if not name and not event.arguments:
+            return None  # nothing new (a provider repeating a call's header)
+        return ToolCallDeltaEvent(event.index, call_id, name, event.arguments, self.message_id)
 
 
 async def _after_step(
-    turn: Turn, result: ChatResult, step: int, events: list[TurnEvent]
+    turn: Turn, result: ChatResult, step: int, message_id: str, events: list[TurnEvent]
 ) -> StopReason | None:
     """Record the model's answer, run its tools, and say whether the turn stops."""
     last_step = step >= turn.settings.max_steps
-    streamed = turn.settings.stream_tokens
-    if result.reasoning is not None and result.reasoning.text and not streamed:
-        events.append(ReasoningEvent(result.reasoning.text))
+    if not turn.settings.stream_tokens:
+        _whole_reasoning(result, message_id, events)
     turn.append(
         ChatMessage(
             Role.ASSISTANT,
             result.content,
             tool_calls=tuple(result.tool_calls),
             reasoning=result.reasoning,
+            id=message_id,
         )
     )
     if not result.tool_calls:
-        return _after_text(turn, result, last_step, events)
+        return _after_text(turn, result, last_step, message_id, events)
     decision: Continuation | None = None
     calls = list(result.tool_calls)
     for index, call in enumerate(calls):
-        events.append(ToolCallEvent(call))
+        events.append(ToolCallEvent(call, message_id))
         if turn.solver.requires_approval(call.name):
-            events.append(ApprovalRequestEvent(call))
+            events.append(ApprovalRequestEvent(call, message_id))
             # The approved (or denied) call gets its result later; calls after it in
             # the same answer are closed now, so the history stays well formed.
             for skipped in calls[index + 1 :]:
                 _close_unrun(turn, skipped, call.name, events)
             return StopReason.REQUIRES_APPROVAL
-        decision = await _run_call(turn, call, last_step, events)
+        decision = await _run_call(turn, call, last_step, events, message_id)
     assert decision is not None
     return _follow(turn, decision)
+
+
+def _whole_reasoning(result: ChatResult, message_id: str, events: list[TurnEvent]) -> None:
+    """The answer's reasoning as whole events (step streaming): hidden first, then visible."""
+    reasoning = result.reasoning
+    if reasoning is None:
+        return
+    if reasoning.redacted:
+        events.append(HiddenReasoningEvent(message_id))
+    if reasoning.text:
+        events.append(ReasoningEvent(reasoning.text, message_id=message_id))
 
 
 def _follow(turn: Turn, decision: Continuation) -> StopReason | None:
@@ -442,7 +601,8 @@ async def _resolve_pending(
     answer the refusal rather than leave the user without a reply.
     """
     if decision.approve:
-        return _follow(turn, await _run_call(turn, decision.call, False, events))
+        ran = await _run_call(turn, decision.call, False, events, decision.message_id)
+        return _follow(turn, ran)
     _deny(turn, decision, events)
     return _follow(turn, Continuation(True, reason=DENIED_NOTICE))
 
@@ -457,11 +617,11 @@ def _deny(turn: Turn, decision: PendingDecision, events: list[TurnEvent]) -> Non
 
 
 def _after_text(
-    turn: Turn, result: ChatResult, last_step: bool, events: list[TurnEvent]
+    turn: Turn, result: ChatResult, last_step: bool, message_id: str, events: list[TurnEvent]
 ) -> StopReason | None:
     if turn.settings.contract is LoopContract.NATIVE:
         if result.content and not turn.settings.stream_tokens:
-            events.append(AssistantEvent(result.content))
+            events.append(AssistantEvent(result.content, message_id=message_id))
         if result.finish_reason is FinishReason.LENGTH:
             return StopReason.MAX_TOKENS_EXCEEDED
         decision = turn.solver.decide_native_continuation(None, last_step)
@@ -482,20 +642,23 @@ def _close_unrun(turn: Turn, call: ToolCall, waiting_for: str, events: list[Turn
 
 def _answer_unrun(turn: Turn, call: ToolCall, text: str, events: list[TurnEvent]) -> None:
     """A failed result for a call that did not run, so no call is left without one."""
-    events.append(ToolReturnEvent(call.id, call.name, text, ok=False))
+    message_id = turn.new_message_id()
+    events.append(ToolReturnEvent(call.id, call.name, text, ok=False, message_id=message_id))
     turn.append(
         ChatMessage(
             Role.TOOL,
             package_return(ToolOutcome(text, ok=False), 50_000),
             tool_call_id=call.id,
             name=call.name,
+            id=message_id,
         )
     )
 
 
 async def _run_call(
-    turn: Turn, call: ToolCall, last_step: bool, events: list[TurnEvent]
+    turn: Turn, call: ToolCall, last_step: bool, events: list[TurnEvent], caller_id: str = ""
 ) -> Continuation:
+    """Run one call and record its result; ``caller_id`` is the message that made the call."""
     names = [tool.spec.name for tool in turn.tools]
     allowed = turn.solver.allowed_tools(names)
     heartbeat = False
@@ -511,16 +674,18 @@ async def _run_call(
             outcome = ToolOutcome("The arguments are not a valid JSON object.", ok=False)
         else:
             heartbeat = bool(arguments.pop(HEARTBEAT_ARGUMENT, False))
-            outcome = await _execute(turn, call.name, arguments, events)
+            outcome = await _execute(turn, call.name, arguments, events, caller_id)
             turn.solver.record_call(call.name, outcome.text)
     limit = next((t.return_char_limit for t in turn.tools if t.spec.name == call.name), 50_000)
-    events.append(ToolReturnEvent(call.id, call.name, outcome.text, outcome.ok))
+    message_id = turn.new_message_id()
+    events.append(ToolReturnEvent(call.id, call.name, outcome.text, outcome.ok, message_id))
     turn.append(
         ChatMessage(
             Role.TOOL,
             package_return(outcome, limit),
             tool_call_id=call.id,
             name=call.name,
+            id=message_id,
         )
     )
     available = [tool.spec.name for tool in turn.tools]
@@ -534,13 +699,13 @@ async def _run_call(
 
 
 async def _execute(
-    turn: Turn, name: str, arguments: dict[str, Any], events: list[TurnEvent]
+    turn: Turn, name: str, arguments: dict[str, Any], events: list[TurnEvent], caller_id: str
 ) -> ToolOutcome:
     if name == SEND_MESSAGE:
         message = arguments.get("message")
         if not isinstance(message, str):
             return ToolOutcome("The argument 'message' must be a string.", ok=False)
-        events.append(AssistantEvent(message))
+        events.append(AssistantEvent(message, message_id=caller_id))
         return ToolOutcome("The user has your message.")
     if name in MEMORY_TOOL_NAMES:
         try:
