@@ -83,12 +83,10 @@ def api(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def new_agent(client: Client, api: str) -> str:
+async def new_agent(client: Client, api: str, agent_type: int = agent_pb2.AGENT_TYPE_NATIVE) -> str:
     agent = await client.agents.CreateAgent(
         agent_service_pb2.CreateAgentRequest(
-            agent=agent_pb2.Agent(
-                display_name="pal", model=MODELS[api], agent_type=agent_pb2.AGENT_TYPE_NATIVE
-            )
+            agent=agent_pb2.Agent(display_name="pal", model=MODELS[api], agent_type=agent_type)
         )
     )
     return str(agent.name)
@@ -365,3 +363,32 @@ async def test_hidden_reasoning_takes_its_place_among_the_pieces(
     # The hidden reasoning is kept, to be sent back to the provider next time.
     sent_back = fake_provider.last_request.body["messages"]
     assert {"type": "redacted_thinking", "data": "b3BhcXVl"} in sent_back[1]["content"]
+
+
+async def test_a_heartbeat_agent_streams_its_words_as_send_message_arguments(
+    server: ApiHarness, fake_provider: FakeProvider, api: str
+) -> None:
+    agent = await new_agent(server.org_a, api, agent_pb2.AGENT_TYPE_HEARTBEAT)
+    words = {"message": "Hi Ada, nice to meet you!", "request_heartbeat": False}
+    # Plain text from a heartbeat model is not for the user, so it is not streamed.
+    fake_provider.script(
+        Reply(text="(thinking aloud)", tool_calls=[ToolCall("send_message", words, id="s1")])
+    )
+    events = await stream(server.org_a, agent, stream_tokens=True)
+    assert_well_formed(events)
+    assert runs_of_kinds(events) == [
+        "tool_call_delta",
+        "tool_call",
+        "assistant_message",
+        "tool_return",
+        "stop_reason",
+        "usage",
+    ]
+    said = next(event for event in events if kind(event) == "assistant_message")
+    assert said.assistant_message.text == "Hi Ada, nice to meet you!"
+    assert json.loads(arguments_by_call(events)["s1"]) == words
+    # The words belong to the message that called send_message.
+    pieces = [event for event in events if kind(event) == "tool_call_delta"]
+    assert {event.message_id for event in pieces} == {said.message_id}
+    messages = {message.id: message for message in await stored(server.org_a, agent)}
+    assert [call.id for call in messages[said.message_id].tool_calls] == ["s1"]
