@@ -162,10 +162,14 @@ async def _serve(args: argparse.Namespace) -> int:
         telemetry.watch_pool(storage.database)
         providers = ProviderRegistry.from_environment(os.environ)
         logger.info("LLM providers configured: %s", ", ".join(providers.names) or "none")
-        app.ready(Services.build(storage.database, authenticator, providers))
+        services = Services.build(
+            storage.database, authenticator, providers, keyring=storage.keyring
+        )
+        app.ready(services)
 
         async def release() -> None:
             telemetry.stop_watching_pool()
+            await services.close()
             await providers.close()
             await storage.close()
 

@@ -21,6 +21,7 @@ from engram.adapters.llm.registry import ProviderRegistry
 from engram.config.settings import Settings
 from engram.rpc.application import Application, Services
 from engram.rpc.server import RunningServer, start_server
+from engram.secrets import KeyRing
 from engram.services.admin import AdminService
 from engram.services.auth import ApiKeyAuthenticator, AuthMode
 from engram.services.caller import Caller
@@ -30,6 +31,7 @@ from engram.v1 import (
     agent_service_pb2_grpc,
     block_service_pb2_grpc,
     message_service_pb2_grpc,
+    provider_service_pb2_grpc,
     tool_service_pb2_grpc,
 )
 
@@ -57,6 +59,7 @@ class Client:
     admin: Any
     messages: Any
     runs: Any
+    providers: Any
 
     @classmethod
     def connect(cls, channel: grpc.aio.Channel, caller: Caller, key: str) -> Client:
@@ -70,6 +73,9 @@ class Client:
             admin=AuthorizedStub(admin_service_pb2_grpc.AdminServiceStub(channel), metadata),
             messages=AuthorizedStub(message_service_pb2_grpc.MessageServiceStub(channel), metadata),
             runs=AuthorizedStub(message_service_pb2_grpc.RunServiceStub(channel), metadata),
+            providers=AuthorizedStub(
+                provider_service_pb2_grpc.ProviderServiceStub(channel), metadata
+            ),
         )
 
 
@@ -107,8 +113,12 @@ async def _organization(admin: AdminService, name: str) -> tuple[Caller, str, Ca
 
 @asynccontextmanager
 async def running_api(
-    settings: Settings, database: Database, providers: ProviderRegistry | None = None
+    settings: Settings,
+    database: Database,
+    providers: ProviderRegistry | None = None,
+    keyring: KeyRing | None = None,
 ) -> AsyncIterator[ApiHarness]:
+    """The harness; without ``keyring`` the server has no encryption key (no stored secrets)."""
     admin = AdminService(database)
     caller_a, key_a, member_a, member_key_a = await _organization(admin, "org-a")
     caller_b, key_b, _, _ = await _organization(admin, "org-b")
@@ -117,7 +127,10 @@ async def running_api(
     server = await start_server(
         settings.model_copy(update={"host": "127.0.0.1", "port": 0}), app=app
     )
-    app.ready(Services.build(database, authenticator, providers or ProviderRegistry({})))
+    services = Services.build(
+        database, authenticator, providers or ProviderRegistry({}), keyring=keyring
+    )
+    app.ready(services)
     await server.set_serving()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -133,6 +146,7 @@ async def running_api(
     finally:
         await channel.close()
         await server.server.stop(0)
+        await services.close()
 
 
 def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 
 from engram.adapters.llm.registry import ProviderRegistry
 from engram.config.settings import Settings
+from engram.secrets import KeyRing
 from engram.services.admin import AdminService
 from engram.services.agents import AgentService
 from engram.services.auth import ApiKeyAuthenticator
 from engram.services.blocks import BlockService
 from engram.services.caller import Caller
+from engram.services.message_search import MessageSearchService
 from engram.services.messages import MessageService
+from engram.services.providers import ProviderService
 from engram.services.tools import ToolService
 from engram.store.database import Database
 from engram.store.errors import DatabaseUnavailableError
@@ -32,12 +35,25 @@ class Services:
     tools: ToolService
     admin: AdminService
     messages: MessageService
+    message_search: MessageSearchService
     providers: ProviderRegistry
+    runtime_providers: ProviderService
 
     @classmethod
     def build(
-        cls, database: Database, authenticator: ApiKeyAuthenticator, providers: ProviderRegistry
+        cls,
+        database: Database,
+        authenticator: ApiKeyAuthenticator,
+        providers: ProviderRegistry,
+        *,
+        keyring: KeyRing | None = None,
     ) -> Services:
+        """The services over ``database``; ``providers`` are the environment's.
+
+        Without ``keyring`` the server refuses to store provider API keys
+        (ENCRYPTION_KEY_MISSING) rather than keep them in plaintext.
+        """
+        runtime_providers = ProviderService(database, keyring or KeyRing(None), providers)
         return cls(
             database=database,
             authenticator=authenticator,
@@ -45,9 +61,16 @@ class Services:
             blocks=BlockService(database),
             tools=ToolService(database),
             admin=AdminService(database),
-            messages=MessageService(database, providers),
+            # Turns resolve model handles against the organization's providers first.
+            messages=MessageService(database, runtime_providers),
+            message_search=MessageSearchService(database),
             providers=providers,
+            runtime_providers=runtime_providers,
         )
+
+    async def close(self) -> None:
+        """Release what the services hold (cached provider clients); not the database."""
+        await self.runtime_providers.close()
 
 
 class Application:

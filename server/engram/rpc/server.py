@@ -92,6 +92,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
     from engram.api.agents import AgentServicer
     from engram.api.blocks import BlockServicer
     from engram.api.messages import MessageServicer, RunServicer
+    from engram.api.providers import ProviderServicer
     from engram.api.tools import ToolServicer
     from engram.v1 import (
         admin_service_pb2,
@@ -102,6 +103,8 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
         block_service_pb2_grpc,
         message_service_pb2,
         message_service_pb2_grpc,
+        provider_service_pb2,
+        provider_service_pb2_grpc,
         tool_service_pb2,
         tool_service_pb2_grpc,
     )
@@ -112,6 +115,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app), server)
     message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageServicer(app), server)
     message_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(app), server)
+    provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(app), server)
     return [
         str(module.DESCRIPTOR.services_by_name[name].full_name)
         for module, name in (
@@ -121,6 +125,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
             (admin_service_pb2, "AdminService"),
             (message_service_pb2, "MessageService"),
             (message_service_pb2, "RunService"),
+            (provider_service_pb2, "ProviderService"),
         )
     ]
 

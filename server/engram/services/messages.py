@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.adapters.llm.chat import ChatMessage, ChatResult, Reasoning, Role, ToolCall, ToolSpec
 from engram.adapters.llm.errors import ContextWindowExceededError, ProviderError
-from engram.adapters.llm.registry import LLMProvider, ProviderRegistry
+from engram.adapters.llm.registry import LLMProvider, ModelResolver
 from engram.adapters.tokens import (
     TokenCounter,
     count_context,
@@ -191,7 +191,7 @@ class RunView:
 class MessageService:
     """Sending messages to agents, and reading back their history, runs and steps."""
 
-    def __init__(self, database: Database, providers: ProviderRegistry) -> None:
+    def __init__(self, database: Database, providers: ModelResolver) -> None:
         self.database = database
         self.providers = providers
         # Agents with a turn in progress in this process.  Only ever try-acquired,
@@ -293,7 +293,7 @@ class MessageService:
         if max_steps < 1:
             raise InvalidArgumentError.field("max_steps", "must be at least 1")
         agent = await self._agent(caller, agent_id)
-        provider, model = self._provider_for(agent)
+        provider, model = await self._provider_for(agent)
         settings = TurnSettings(
             model=model,
             contract=_contract(agent),
@@ -317,14 +317,15 @@ class MessageService:
         async with self.database.read(caller.organization_id) as session:
             return await load(session, Agent, agent_id, "agent")
 
-    def _provider_for(self, agent: Agent) -> tuple[LLMProvider, str]:
+    async def _provider_for(self, agent: Agent) -> tuple[LLMProvider, str]:
         if not agent.model:
             raise FailedPreconditionError(
                 f"agents/{agent.id} has no model; set one (provider/model) before sending",
                 subject=f"agents/{agent.id}",
                 violation_type="AGENT_HAS_NO_MODEL",
             )
-        return self.providers.resolve(agent.model)
+        # The organization's own providers first, then the environment's.
+        return await self.providers.resolve_model(agent.organization_id, agent.model)
 
     @contextlib.asynccontextmanager
     async def _claim(self, agent_id: str) -> AsyncIterator[None]:
@@ -589,7 +590,7 @@ class MessageService:
         (an empty buffer has nothing to fold).
         """
         agent = await self._agent(caller, agent_id)
-        provider, model = self._provider_for(agent)
+        provider, model = await self._provider_for(agent)
         async with self._claim(agent_id):
 
             async def idle(session: AsyncSession) -> None:

@@ -1,10 +1,13 @@
-"""Which LLM providers this server can call, configured from the environment.
+"""Which LLM providers this server can call, and how a model handle finds one.
 
 A model handle is ``provider/model`` (``openai/gpt-4o-mini``,
 ``ollama/llama3.2``); the part before the first slash picks the provider, the
 rest is passed to it unchanged (OpenRouter's own model names contain
-slashes).  Each provider is configured by the variables its own tools
-already use, so an existing shell setup carries over.
+slashes).  Providers come from two places: the environment, where each is
+configured by the variables its own tools already use (so an existing shell
+setup carries over), and an organization's run-time configuration
+(:class:`ProviderConfig`, stored by the provider service), which is built by
+the same code.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ class LLMProvider(Protocol):
     async def close(self) -> None: ...
 
 
+class ModelResolver(Protocol):
+    """Finds the provider and the provider's model name for an organization's model handle."""
+
+    async def resolve_model(self, organization_id: str, handle: str) -> tuple[LLMProvider, str]: ...
+
+
 class ProviderNotConfiguredError(ProviderError):
     """A model handle names a provider this server has no configuration for."""
 
@@ -50,6 +59,8 @@ class ProviderKind:
     default_url: str | None = None  # used when the key is set and the URL is not
     url_suffix: str = ""  # appended to a configured URL (Ollama serves /v1 under its root)
     max_tokens_field: str = "max_tokens"
+    key_required: bool = False  # a hosted API that refuses calls without a key
+    url_required: bool = False  # no usable default: the server's address must be given
 
     def configured(self, env: Mapping[str, str]) -> bool:
         if self.key_variable and env.get(self.key_variable):
@@ -57,7 +68,10 @@ class ProviderKind:
         return bool(self.url_variable and env.get(self.url_variable))
 
     def base_url(self, env: Mapping[str, str]) -> str | None:
-        url = env.get(self.url_variable, "") if self.url_variable else ""
+        return self.endpoint(env.get(self.url_variable, "") if self.url_variable else "")
+
+    def endpoint(self, url: str) -> str | None:
+        """The URL the SDK is given for a configured ``url`` ("" means the default)."""
         if not url:
             return self.default_url
         return url.rstrip("/") + self.url_suffix
@@ -70,8 +84,11 @@ KNOWN_PROVIDERS: tuple[ProviderKind, ...] = (
         "OPENAI_API_KEY",
         "OPENAI_BASE_URL",
         max_tokens_field="max_completion_tokens",
+        key_required=True,
     ),
-    ProviderKind("anthropic", "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+    ProviderKind(
+        "anthropic", "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", key_required=True
+    ),
     ProviderKind(
         "azure",
         "openai",
@@ -79,9 +96,16 @@ KNOWN_PROVIDERS: tuple[ProviderKind, ...] = (
         "AZURE_OPENAI_ENDPOINT",
         url_suffix="/openai/v1",
         max_tokens_field="max_completion_tokens",
+        key_required=True,
+        url_required=True,
     ),
     ProviderKind(
-        "groq", "openai", "GROQ_API_KEY", "GROQ_BASE_URL", "https://api.groq.com/openai/v1"
+        "groq",
+        "openai",
+        "GROQ_API_KEY",
+        "GROQ_BASE_URL",
+        "https://api.groq.com/openai/v1",
+        key_required=True,
     ),
     ProviderKind(
         "openrouter",
@@ -89,37 +113,72 @@ KNOWN_PROVIDERS: tuple[ProviderKind, ...] = (
         "OPENROUTER_API_KEY",
         "OPENROUTER_BASE_URL",
         "https://openrouter.ai/api/v1",
+        key_required=True,
     ),
     ProviderKind(
-        "together", "openai", "TOGETHER_API_KEY", "TOGETHER_BASE_URL", "https://api.together.xyz/v1"
+        "together",
+        "openai",
+        "TOGETHER_API_KEY",
+        "TOGETHER_BASE_URL",
+        "https://api.together.xyz/v1",
+        key_required=True,
     ),
-    ProviderKind("ollama", "openai", "", "OLLAMA_BASE_URL", url_suffix="/v1"),
-    ProviderKind("vllm", "openai", "VLLM_API_KEY", "VLLM_API_BASE"),
-    ProviderKind("lmstudio", "openai", "", "LMSTUDIO_BASE_URL"),
-    ProviderKind("llamacpp", "openai", "", "LLAMACPP_BASE_URL"),
+    ProviderKind("ollama", "openai", "", "OLLAMA_BASE_URL", url_suffix="/v1", url_required=True),
+    ProviderKind("vllm", "openai", "VLLM_API_KEY", "VLLM_API_BASE", url_required=True),
+    ProviderKind("lmstudio", "openai", "", "LMSTUDIO_BASE_URL", url_required=True),
+    ProviderKind("llamacpp", "openai", "", "LLAMACPP_BASE_URL", url_required=True),
 )
 
+# Any other server speaking Chat Completions; only organizations configure it
+# (no variables), since its name is whatever the organization chooses.
+OPENAI_COMPATIBLE = ProviderKind("openai_compatible", "openai", url_required=True)
 
-def _build(kind: ProviderKind, env: Mapping[str, str]) -> LLMProvider:
-    key = env.get(kind.key_variable, "") if kind.key_variable else ""
+PROVIDER_KINDS: dict[str, ProviderKind] = {
+    kind.name: kind for kind in (*KNOWN_PROVIDERS, OPENAI_COMPATIBLE)
+}
+"""Every kind of provider, by its type name, for configurations made at run time."""
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One provider as an organization configured it: its handle name, kind, key and URL."""
+
+    name: str
+    kind: ProviderKind
+    api_key: str = ""
+    base_url: str = ""  # as configured; "" means the kind's default
+
+
+def build_provider(config: ProviderConfig) -> LLMProvider:
+    """The adapter for ``config``; the client it holds is reused for every call."""
+    kind, key = config.kind, config.api_key
+    url = kind.endpoint(config.base_url)
     if kind.api == "anthropic":
-        return AnthropicProvider(
-            AnthropicSettings(name=kind.name, api_key=key, base_url=kind.base_url(env))
-        )
+        return AnthropicProvider(AnthropicSettings(name=config.name, api_key=key, base_url=url))
     headers = {"api-key": key} if kind.name == "azure" and key else {}
     return OpenAIChatProvider(
         OpenAIChatSettings(
-            name=kind.name,
+            name=config.name,
             api_key=key,
-            base_url=kind.base_url(env),
+            base_url=url,
             max_tokens_field=kind.max_tokens_field,
             default_headers=headers,
         )
     )
 
 
+def _build(kind: ProviderKind, env: Mapping[str, str]) -> LLMProvider:
+    key = env.get(kind.key_variable, "") if kind.key_variable else ""
+    url = env.get(kind.url_variable, "") if kind.url_variable else ""
+    return build_provider(ProviderConfig(kind.name, kind, key, url))
+
+
 class ProviderRegistry:
-    """The configured providers, by name."""
+    """The providers configured from the environment, by name.
+
+    As a :class:`ModelResolver` it ignores the organization: every
+    organization sees the same environment providers.
+    """
 
     def __init__(self, providers: Mapping[str, LLMProvider]) -> None:
         self._providers = dict(providers)
@@ -137,6 +196,13 @@ class ProviderRegistry:
     @property
     def names(self) -> list[str]:
         return sorted(self._providers)
+
+    def get(self, name: str) -> LLMProvider | None:
+        """The provider configured under ``name``, if any."""
+        return self._providers.get(name)
+
+    async def resolve_model(self, organization_id: str, handle: str) -> tuple[LLMProvider, str]:
+        return self.resolve(handle)
 
     def resolve(self, handle: str) -> tuple[LLMProvider, str]:
         """The provider and the provider's model name for ``provider/model``."""
