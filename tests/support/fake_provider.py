@@ -16,6 +16,7 @@ Routes (everything else is a 404 in the API's own error shape)::
 
     POST /openai/v1/chat/completions     GET /openai/v1/models[/{id}]
     POST /anthropic/v1/messages          GET /anthropic/v1/models[/{id}]
+    POST /openai/v1/embeddings
 
 Behaviour worth knowing when writing tests:
 
@@ -47,6 +48,7 @@ import hashlib
 import itertools
 import json
 import socket
+import struct
 import sys
 import threading
 import time
@@ -829,6 +831,9 @@ class FakeProvider:
         self.validate_requests = True
         self.server_errors: list[str] = []
         self._script: deque[ScriptItem] = deque()
+        # Embeddings answer by themselves (see fake_embedding); only failures are scripted.
+        self.embedding_dimensions = 8
+        self._embedding_errors: deque[ErrorReply] = deque()
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -947,6 +952,8 @@ class FakeProvider:
             return self._openai_chat
         if key == ("POST", "/anthropic/v1/messages"):
             return self._anthropic_messages
+        if key == ("POST", "/openai/v1/embeddings"):
+            return self._openai_embeddings
         if request.method == "GET" and request.path.startswith(
             ("/openai/v1/models", "/anthropic/v1/models")
         ):
@@ -1022,6 +1029,40 @@ class FakeProvider:
         response.delay, response.chunk_delay = reply.delay, reply.chunk_delay
         return response
 
+    def script_embedding_errors(self, *errors: ErrorReply) -> None:
+        """Queue failures; each embeddings request takes the next, or succeeds if none is left."""
+        with self._lock:
+            self._embedding_errors.extend(errors)
+
+    def _openai_embeddings(self, request: RecordedRequest) -> _Response:
+        """Vectors from the texts themselves (``fake_embedding``), ``dimensions`` honoured."""
+        with self._lock:
+            error = self._embedding_errors.popleft() if self._embedding_errors else None
+        if error is not None:
+            return self._error("openai", error)
+        body = request.body or {}
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not body.get("model") or not isinstance(texts, list) or not texts:
+            return self._error("openai", ErrorReply(400, "model and input are required"))
+        if any(not isinstance(text, str) or not text for text in texts):
+            return self._error("openai", ErrorReply(400, "input cannot be an empty string"))
+        size = int(body.get("dimensions") or self.embedding_dimensions)
+        base64_wanted = body.get("encoding_format") == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": _embedding_payload(fake_embedding(text, size), base64_wanted),
+            }
+            for index, text in enumerate(texts)
+        ]
+        tokens = sum(len(text.split()) for text in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        answer = {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        return self._ok("openai", answer)
+
     def _models(self, request: RecordedRequest) -> _Response:
         """The models list, or one model when the path names it."""
         prefix = f"/{request.api}/v1/models"
@@ -1041,6 +1082,23 @@ class FakeProvider:
         return self._error(
             request.api, ErrorReply(404, f"model {wanted!r} not found", code="model_not_found")
         )
+
+
+def fake_embedding(text: str, size: int) -> list[float]:
+    """A unit vector that depends only on ``text`` and ``size`` (the fake's embedding)."""
+    digest = b""
+    while len(digest) < size:
+        digest += hashlib.sha256(f"{len(digest)}:{text}".encode()).digest()
+    raw = [byte - 127.5 for byte in digest[:size]]
+    norm = sum(value * value for value in raw) ** 0.5
+    return [value / norm for value in raw]
+
+
+def _embedding_payload(vector: list[float], as_base64: bool) -> list[float] | str:
+    """The vector as JSON numbers, or as OpenAI's base64 of little-endian float32."""
+    if not as_base64:
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 def _openai_model(name: str) -> JsonObject:

@@ -155,6 +155,42 @@ class Settings(BaseSettings):
         description="How long in-flight calls may run after the listener closes.",
     )
 
+    # --- Embeddings ----------------------------------------------------------------------
+    default_embedding: str = Field(
+        "local/all-minilm-l6-v2",
+        pattern=r"^[^/]+/.+$",
+        validation_alias=env("DEFAULT_EMBEDDING", legacy=False),
+        description="Embedding handle (provider/model) of agents that name none.",
+    )
+    embedding_batch_size: int = Field(
+        256,
+        ge=1,
+        le=2048,
+        validation_alias=env("EMBEDDING_BATCH_SIZE", legacy=False),
+        description="Texts per request to a remote embedding provider.",
+    )
+    embedding_max_retries: int = Field(
+        4,
+        ge=0,
+        validation_alias=env("EMBEDDING_MAX_RETRIES", legacy=False),
+        description="Retries of a remote embedding request on rate limits and transient errors.",
+    )
+    embedding_timeout_seconds: float = Field(
+        60.0, gt=0, validation_alias=env("EMBEDDING_TIMEOUT_SECONDS", legacy=False)
+    )
+    local_embedding_batch_size: int = Field(
+        32,
+        ge=1,
+        validation_alias=env("LOCAL_EMBEDDING_BATCH_SIZE", legacy=False),
+        description="Texts per inference run of the local embedding model.",
+    )
+    local_embedding_threads: int = Field(
+        0,
+        ge=0,
+        validation_alias=env("LOCAL_EMBEDDING_THREADS", legacy=False),
+        description="CPU threads of the local embedding model; 0 for one per physical core.",
+    )
+
     @field_validator("pg_uri", "pg_db", "pg_user", "pg_host", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
