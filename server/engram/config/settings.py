@@ -179,7 +179,7 @@ class Settings(BaseSettings):
         60.0, gt=0, validation_alias=env("EMBEDDING_TIMEOUT_SECONDS", legacy=False)
     )
     local_embedding_batch_size: int = Field(
-        32,
+        16,
         ge=1,
         validation_alias=env("LOCAL_EMBEDDING_BATCH_SIZE", legacy=False),
         description="Texts per inference run of the local embedding model.",

@@ -35,7 +35,7 @@ class EmbeddingOptions:
     batch_size: int = DEFAULT_BATCH_SIZE  # texts per request to a remote provider
     max_retries: int = 4  # per request, on rate limits and transient failures
     timeout: float = 60.0  # seconds per request attempt
-    local_batch_size: int = 32  # texts per inference run of a local model
+    local_batch_size: int = 16  # texts per inference run of a local model
     local_threads: int = 0  # onnxruntime threads; 0 is one per physical core
 
     @classmethod
