@@ -13,6 +13,7 @@ import openai
 import pytest
 from pydantic import ValidationError
 
+from engram.adapters.embeddings import local as local_module
 from engram.adapters.embeddings.local import ALL_MINILM_L6_V2, LocalEmbedder
 from engram.adapters.embeddings.openai_embeddings import OpenAIEmbedder
 from engram.adapters.embeddings.registry import EmbeddingRegistry
@@ -134,6 +135,25 @@ async def test_long_input_is_cut_at_the_token_limit(local: LocalEmbedder) -> Non
 async def test_embedding_nothing_gives_an_empty_array(local: LocalEmbedder) -> None:
     vectors = await local.embed([])
     assert vectors.shape == (0, 384)
+
+
+async def test_the_model_is_loaded_once_however_many_embedders_ask_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads = 0
+    real_model = local_module._LoadedModel
+
+    def counting_model(*args: object) -> object:
+        nonlocal loads
+        loads += 1
+        return real_model(*args)
+
+    monkeypatch.setattr(local_module, "_loaded", {})
+    monkeypatch.setattr(local_module, "_LoadedModel", counting_model)
+    embedders = [LocalEmbedder(ALL_MINILM_L6_V2, threads=1) for _ in range(4)]
+    results = await asyncio.gather(*(embedder.embed(["same text"]) for embedder in embedders))
+    assert loads == 1
+    assert all(np.array_equal(result, results[0]) for result in results)
 
 
 async def test_the_event_loop_keeps_running_while_a_batch_is_embedded() -> None:
