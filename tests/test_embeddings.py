@@ -4,9 +4,11 @@ real ``openai`` SDK against the fake provider's ``/v1/embeddings``."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -14,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from engram.adapters.embeddings import local as local_module
-from engram.adapters.embeddings.local import ALL_MINILM_L6_V2, LocalEmbedder
+from engram.adapters.embeddings.local import ALL_MINILM_L6_V2, LocalEmbedder, LocalModelError
 from engram.adapters.embeddings.openai_embeddings import OpenAIEmbedder
 from engram.adapters.embeddings.registry import EmbeddingRegistry
 from engram.adapters.embeddings.wordpiece import bert_uncased_tokenizer
@@ -154,6 +156,18 @@ async def test_the_model_is_loaded_once_however_many_embedders_ask_at_once(
     results = await asyncio.gather(*(embedder.embed(["same text"]) for embedder in embedders))
     assert loads == 1
     assert all(np.array_equal(result, results[0]) for result in results)
+
+
+async def test_a_model_file_other_than_the_pinned_one_is_refused(tmp_path: Path) -> None:
+    altered = tmp_path / "model.onnx"
+    altered.write_bytes(ALL_MINILM_L6_V2.onnx_file().read_bytes()[:-1] + b"\0")
+    model = dataclasses.replace(ALL_MINILM_L6_V2, name="altered-minilm", onnx_file=lambda: altered)
+    with pytest.raises(LocalModelError, match="not the pinned file") as caught:
+        await LocalEmbedder(model).embed(["a"])
+    assert caught.value.reason == "PROVIDER_UNAVAILABLE"
+    missing = dataclasses.replace(model, name="missing-minilm", onnx_file=lambda: tmp_path / "no")
+    with pytest.raises(LocalModelError, match="cannot be read"):
+        await LocalEmbedder(missing).embed(["a"])
 
 
 async def test_the_event_loop_keeps_running_while_a_batch_is_embedded() -> None:

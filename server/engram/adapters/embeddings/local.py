@@ -18,6 +18,7 @@ a time, so the event loop keeps serving while a large batch is embedded.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,8 +31,17 @@ from tokenizers import Tokenizer
 
 from engram.adapters.embeddings.embedder import Vectors, batches, no_vectors
 from engram.adapters.embeddings.wordpiece import bert_uncased_tokenizer
+from engram.adapters.llm.errors import ProviderError
 
 LOCAL_PROVIDER = "local"
+
+
+class LocalModelError(ProviderError):
+    """A local model cannot run on this installation (a missing or altered model file)."""
+
+    reason = "PROVIDER_UNAVAILABLE"
+
+
 _DATA = Path(__file__).parent / "data"
 
 
@@ -50,6 +60,9 @@ class LocalModel:
     dimension: int
     max_tokens: int  # inputs are cut to this many word pieces, [CLS] and [SEP] included
     onnx_file: Callable[[], Path]
+    # The file's checksum, checked once at load: the vectors of a different
+    # file would not be comparable with the ones already stored.
+    onnx_sha256: str
     vocabulary: Path
 
     @property
@@ -63,6 +76,7 @@ ALL_MINILM_L6_V2 = LocalModel(
     # What sentence-transformers uses for this model (its max_seq_length).
     max_tokens=256,
     onnx_file=_minilm_int8_path,
+    onnx_sha256="8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
     vocabulary=_DATA / "bert-base-uncased-vocab.txt",
 )
 
@@ -92,7 +106,7 @@ class _LoadedModel:
         # made a query 3 times slower.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(
-            str(model.onnx_file()), sess_options=options, providers=["CPUExecutionProvider"]
+            str(_verified_file(model)), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._inputs = {node.name for node in self._session.get_inputs()}
         self._tokenizer: Tokenizer = bert_uncased_tokenizer(model.vocabulary, model.max_tokens)
@@ -107,6 +121,25 @@ class _LoadedModel:
             feeds["token_type_ids"] = np.zeros_like(ids)
         hidden: npt.NDArray[np.float32] = self._session.run(None, feeds)[0]
         return _normalized(_mean_over_tokens(hidden, mask))
+
+
+def _verified_file(model: LocalModel) -> Path:
+    """The model's ONNX file, once it is known to be the pinned one."""
+    try:
+        path = model.onnx_file()
+        with path.open("rb") as stream:
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    except (ImportError, OSError) as error:
+        raise LocalModelError(
+            LOCAL_PROVIDER, f"the file of {model.handle} cannot be read: {error}"
+        ) from error
+    if digest != model.onnx_sha256:
+        raise LocalModelError(
+            LOCAL_PROVIDER,
+            f"{path} is not the pinned file of {model.handle} (sha256 {digest}, expected "
+            f"{model.onnx_sha256}); reinstall the server's dependencies",
+        )
+    return path
 
 
 def _mean_over_tokens(
