@@ -304,11 +304,11 @@ class MessageService:
             **_model_settings(agent.model_settings),
         )
         async with self._claim(agent_id):
-            run_id, opening = await self._start_run(caller, agent_id, opening)
+            start = await self._start_run(caller, agent_id, opening)
             recorder = _TurnRecorder(
-                self.database, caller.organization_id, agent_id, run_id, provider.name
+                self.database, caller.organization_id, agent_id, start.run_id, provider.name
             )
-            turn_events = self._turn_events(caller, recorder, opening, provider, settings)
+            turn_events = self._turn_events(caller, recorder, start, provider, settings)
             async with contextlib.aclosing(turn_events):
                 async for event in turn_events:
                     yield event
@@ -340,27 +340,48 @@ class MessageService:
             if self._turn_locks.get(agent_id) is lock and not lock.locked():
                 del self._turn_locks[agent_id]
 
-    async def _start_run(
-        self, caller: Caller, agent_id: str, opening: _Opening
-    ) -> tuple[str, _Opening]:
+    async def _start_run(self, caller: Caller, agent_id: str, opening: _Opening) -> _RunStart:
         """Create the turn's run, unless another process is running a turn on the agent.
 
         The agent row is locked first, so two processes cannot both find no
         running run and both start one.  A review is checked in the same
         transaction (and comes back with where its call is stored), so a
-        refused one leaves no run behind.
+        refused one leaves no run behind.  The same transaction reads the
+        agent's context (the locked row is the agent it describes) and stores
+        the user's message: one transaction, not three, before the first step.
+        A review stores nothing here: the loop answers the reviewed call
+        itself, and the call's result is stored with the first checkpoint.
         """
 
-        async def work(session: AsyncSession) -> tuple[str, _Opening]:
-            await load(session, Agent, agent_id, "agent", lock=True)
-            await _refuse_if_running(session, agent_id)
-            checked = opening
+        async def work(session: AsyncSession) -> _RunStart:
+            agent, recall = await _lock_agent(session, agent_id)
+            review = None
             if isinstance(opening, _Review):
-                checked = await _locate_pending_call(session, agent_id, opening)
-            run = Run(agent_id=agent_id, status=RUNNING, background=False, metadata_={})
+                review = await _locate_pending_call(session, agent_id, opening)
+            context = await _read_context(
+                session, agent, recall, keep_from=review.sequence if review is not None else None
+            )
+            run = Run(
+                id=new_id(IdPrefix.RUN),
+                agent_id=agent_id,
+                status=RUNNING,
+                background=False,
+                metadata_={},
+            )
             session.add(run)
-            await session.flush()
-            return run.id, checked
+            await session.flush()  # the run, before the messages that name it
+            if review is not None:
+                resume = _pending_decision(agent_id, context.buffer, review)
+                return _RunStart(run.id, context, [], resume)
+            opened = [
+                *_close_unanswered_calls(context.buffer),
+                ChatMessage(Role.USER, str(opening)),
+            ]
+            await _add_messages(
+                session, agent_id, run.id, None, opened, after=recall, notices=False
+            )
+            context.system.recall_messages += len(opened)
+            return _RunStart(run.id, context, opened, None)
 
         return await self.database.run_transaction(work, caller.organization_id)
 
@@ -368,7 +389,7 @@ class MessageService:
         self,
         caller: Caller,
         recorder: _TurnRecorder,
-        opening: _Opening,
+        start: _RunStart,
         provider: LLMProvider,
         settings: TurnSettings,
     ) -> AsyncGenerator[RunEvent, None]:
@@ -376,7 +397,7 @@ class MessageService:
         run_id = recorder.run_id
         try:
             yield RunEvent(run_id, RunStarted(run_id))
-            turn = await self._prepare_turn(caller, recorder, opening, provider, settings)
+            turn = self._prepare_turn(caller, recorder, start, provider, settings)
             # run_turn is an async generator; closing it ends the model call it is in.
             loop_events = cast(AsyncGenerator[TurnEvent, None], run_turn(turn))
             async with contextlib.aclosing(loop_events) as events:
@@ -402,37 +423,16 @@ class MessageService:
             await recorder.abort(FAILED, STOP_ERROR, str(error) or type(error).__name__)
             raise
 
-    async def _prepare_turn(
+    def _prepare_turn(
         self,
         caller: Caller,
         recorder: _TurnRecorder,
-        opening: _Opening,
+        start: _RunStart,
         provider: LLMProvider,
         settings: TurnSettings,
     ) -> Turn:
-        """Load the agent's state, store the user's message, and build the turn.
-
-        A review stores nothing here: the loop answers the reviewed call itself,
-        and the call's result is stored with the first checkpoint.
-        """
-        review = opening if isinstance(opening, _Review) else None
-        context = await _load_context(
-            self.database,
-            caller.organization_id,
-            recorder.agent_id,
-            keep_from=review.sequence if review is not None else None,
-        )
-        opened: list[ChatMessage] = []
-        resume: PendingDecision | None = None
-        if review is not None:
-            resume = _pending_decision(recorder.agent_id, context.buffer, review)
-        else:
-            opened = [
-                *_close_unanswered_calls(context.buffer),
-                ChatMessage(Role.USER, str(opening)),
-            ]
-            await recorder.store_opening(opened)
-        context.system.recall_messages += len(opened)
+        """Build the turn from what the run's start read and stored."""
+        context, opened = start.context, start.opened
         compactor = _Compactor(
             self.database,
             caller.organization_id,
@@ -456,7 +456,7 @@ class MessageService:
             ],
             before_step=compactor.before_step,
             on_context_overflow=compactor.on_overflow,
-            resume=resume,
+            resume=start.resume,
             # Ids the store accepts, so a streamed piece names the message as stored.
             new_message_id=lambda: new_id(IdPrefix.MESSAGE),
         )
@@ -736,11 +736,29 @@ async def _refuse_if_running(session: AsyncSession, agent_id: str) -> None:
 
 
 def _close_run(run: Run, status: str, stop_reason: str, error: str | None, now: datetime) -> None:
-    run.status = status
-    run.stop_reason = stop_reason
-    run.error = error
-    run.completed_at = now
-    run.updated_at = now
+    for field, value in _run_end(status, stop_reason, error, now).items():
+        setattr(run, field, value)
+
+
+def _run_end(status: str, stop_reason: str, error: str | None, now: datetime) -> dict[str, Any]:
+    """The run's columns as a run that ended with ``status`` has them."""
+    return {
+        "status": status,
+        "stop_reason": stop_reason,
+        "error": error,
+        "completed_at": now,
+        "updated_at": now,
+    }
+
+
+async def _update_run(session: AsyncSession, run_id: str, **values: Any) -> None:
+    """Set a run's columns in one statement, without loading it first."""
+    await session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _run_status(stop: StopReason) -> str:
@@ -838,38 +856,74 @@ class _AgentContext:
     model: str  # the agent's model handle: it picks the token counter
 
 
-async def _load_context(
-    database: Database, organization_id: str, agent_id: str, *, keep_from: int | None = None
+@dataclass
+class _RunStart:
+    """What a turn's first transaction created and read: the run, the context, the opening."""
+
+    run_id: str
+    context: _AgentContext
+    opened: list[ChatMessage]  # stored: the user's message, after any closed calls
+    resume: PendingDecision | None  # the reviewed call, when the turn opens with a review
+
+
+async def _load_context(database: Database, organization_id: str, agent_id: str) -> _AgentContext:
+    """The agent's memory, tools, rules and buffer, as its next turn would see them."""
+    async with database.read(organization_id) as session:
+        agent = await load(session, Agent, agent_id, "agent")
+        recall = await _last_sequence(session, agent_id)
+        return await _read_context(session, agent, recall)
+
+
+async def _lock_agent(session: AsyncSession, agent_id: str) -> tuple[Agent, int]:
+    """The agent's row, locked for the transaction, and its last message sequence number.
+
+    Refused (AGENT_BUSY) when a live run holds the agent.  Once the lock is
+    held, one statement reads the last sequence number and whether any run
+    is running; only then are the running runs read (and abandoned ones
+    closed).  Both are read after the lock is granted, never in the locking
+    statement itself: on PostgreSQL that statement's snapshot predates the
+    wait, and would miss what the previous holder of the lock committed.
+    """
+    agent = await load(session, Agent, agent_id, "agent", lock=True)
+    last = select(func.max(Message.sequence_id)).where(Message.agent_id == agent_id)
+    running = select(Run.id).where(Run.agent_id == agent_id, Run.status == RUNNING).exists()
+    row = (await session.execute(select(last.scalar_subquery(), running))).one()
+    if row[1]:
+        await _refuse_if_running(session, agent_id)
+    return agent, int(row[0] or 0)
+
+
+async def _read_context(
+    session: AsyncSession, agent: Agent, recall: int, *, keep_from: int | None = None
 ) -> _AgentContext:
     """The agent's memory, tools, rules and buffer, read once at the start of a turn.
 
-    ``keep_from`` (the sequence of a call being reviewed) widens the buffer to
-    include it, so its result never reaches the model without the call.
+    ``recall`` is the agent's last message sequence number.  ``keep_from``
+    (the sequence of a call being reviewed) widens the buffer to include it,
+    so its result never reaches the model without the call.
     """
-    async with database.read(organization_id) as session:
-        agent = await load(session, Agent, agent_id, "agent")
-        blocks = (
-            await session.scalars(
-                select(Block)
-                .join(AgentBlock, AgentBlock.block_id == Block.id)
-                .where(AgentBlock.agent_id == agent_id)
-            )
-        ).all()
-        tools = (
-            await session.scalars(
-                select(Tool)
-                .join(AgentTool, AgentTool.tool_id == Tool.id)
-                .where(AgentTool.agent_id == agent_id)
-                .order_by(Tool.name)
-            )
-        ).all()
-        recall = await _last_sequence(session, agent_id)
-        # An agent that clears its buffer starts each turn from the turn's own messages.
-        start = recall + 1 if agent.message_buffer_autoclear else agent.context_start_sequence
-        if keep_from is not None:
-            start = min(start, keep_from)
-        buffer = await _buffer_rows(session, agent_id, start)
-        passages = await _passage_count(session, agent_id)
+    agent_id = agent.id
+    blocks = (
+        await session.scalars(
+            select(Block)
+            .join(AgentBlock, AgentBlock.block_id == Block.id)
+            .where(AgentBlock.agent_id == agent_id)
+        )
+    ).all()
+    tools = (
+        await session.scalars(
+            select(Tool)
+            .join(AgentTool, AgentTool.tool_id == Tool.id)
+            .where(AgentTool.agent_id == agent_id)
+            .order_by(Tool.name)
+        )
+    ).all()
+    # An agent that clears its buffer starts each turn from the turn's own messages.
+    start = recall + 1 if agent.message_buffer_autoclear else agent.context_start_sequence
+    if keep_from is not None:
+        start = min(start, keep_from)
+    buffer = await _buffer_rows(session, agent_id, start)
+    passages = await _passage_count(session, agent_id)
     solver = ToolRuleSolver.from_rules([*agent.tool_rules, *_approval_rules(tools)])
     return _AgentContext(
         memory=CoreMemory(MemoryBlockState.of(block) for block in blocks),
@@ -1052,6 +1106,7 @@ def _message_row(message: ChatMessage, *, runtime_notice: bool) -> Message:
             content=[{"type": "text", "text": message.content}],
             text=result,
             name=message.name or None,
+            tool_calls=None,  # every row sets the same columns, so a step's rows insert at once
             tool_call_id=message.tool_call_id or None,
             is_error=status == "error",
         )
@@ -1060,6 +1115,8 @@ def _message_row(message: ChatMessage, *, runtime_notice: bool) -> Message:
         content=[{"type": "text", "text": message.content}],
         text=message.content,
         name=RUNTIME_AUTHOR if runtime_notice else None,
+        tool_calls=None,
+        tool_call_id=None,
         is_error=False,
     )
 
@@ -1082,7 +1139,9 @@ def _assistant_row(message: ChatMessage) -> Message:
         role=Role.ASSISTANT.value,
         content=content,
         text=_assistant_text(message),
+        name=None,
         tool_calls=calls or None,
+        tool_call_id=None,
         is_error=False,
     )
 
@@ -1168,14 +1227,6 @@ class _TurnRecorder:
     _saved: int = 0  # how many of turn.new_messages are stored
     _step: _StepInProgress | None = None
 
-    async def store_opening(self, messages: Sequence[ChatMessage]) -> None:
-        """Store the user's message (after any closed calls) as the run's first messages."""
-
-        async def work(session: AsyncSession) -> None:
-            await _add_messages(session, self.agent_id, self.run_id, None, messages, notices=False)
-
-        await self.database.run_transaction(work, self.organization_id)
-
     def attach(self, turn: Turn, system: _SystemPrompt) -> None:
         self._turn, self._system = turn, system
 
@@ -1190,9 +1241,16 @@ class _TurnRecorder:
             await self._checkpoint(event.stop_reason)
 
     async def _checkpoint(self, stop: StopReason | None) -> None:
-        """One transaction: the finished step, its messages, changed memory (and the run's end)."""
+        """One transaction: the finished step, its messages, changed memory (and the run's end).
+
+        Written without reading anything back: the messages are numbered after
+        the last one this turn knows of (``recall_messages``; no other writer
+        adds messages while the agent's run is running, and the unique
+        sequence per agent would refuse a clash), and the run is updated in
+        place.
+        """
         assert self._turn is not None and self._system is not None
-        turn, step = self._turn, self._step
+        turn, step, system = self._turn, self._step, self._system
         pending = list(turn.new_messages[self._saved :])
         # Messages before the first step: the result of a reviewed call.
         if step is None and stop is None and not pending:
@@ -1201,17 +1259,25 @@ class _TurnRecorder:
 
         async def work(session: AsyncSession) -> None:
             now = utc_now()
-            run = await load(session, Run, self.run_id, "run")
             step_id = None
             if step is not None:
                 step_id = await self._add_step(session, step, COMPLETED, now)
             if pending:
-                await _add_messages(session, self.agent_id, self.run_id, step_id, pending)
+                await _add_messages(
+                    session,
+                    self.agent_id,
+                    self.run_id,
+                    step_id,
+                    pending,
+                    after=system.recall_messages,
+                )
             await _save_memory(session, self.agent_id, turn.memory, changed, created, now)
             if stop is None:
-                run.updated_at = now
+                await _update_run(session, self.run_id, updated_at=now)
             else:
-                _close_run(run, _run_status(stop), stop.value, None, now)
+                await _update_run(
+                    session, self.run_id, **_run_end(_run_status(stop), stop.value, None, now)
+                )
 
         await self.database.run_transaction(work, self.organization_id)
         self._saved += len(pending)
@@ -1279,14 +1345,15 @@ async def _add_messages(
     step_id: str | None,
     messages: Sequence[ChatMessage],
     *,
+    after: int,
     notices: bool = True,
 ) -> None:
-    """Append messages to the agent's history, numbered after its last one.
+    """Append messages to the agent's history, numbered after ``after``, its last one.
 
     With ``notices``, user-role messages are the loop's own notices (the
     person's message is never among a step's messages) and are marked so.
     """
-    sequence = await _last_sequence(session, agent_id)
+    sequence = after
     for message in messages:
         sequence += 1
         row = _message_row(message, runtime_notice=notices and message.role is Role.USER)

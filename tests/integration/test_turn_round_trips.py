@@ -1,0 +1,133 @@
+"""How many statements a turn sends to the database, on both engines.
+
+A step's server overhead is mostly round trips to the database, so their
+number is pinned here: a later change that adds a query to every turn or to
+every step fails this test instead of slowly eroding the turn's latency
+(``scripts/bench-turns`` measures the time itself).  The counts are of
+statements the engine executes; SQLite's ``BEGIN`` statements are left out so
+that both engines count the same work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from engram.services.admin import ensure_default_identity
+from engram.services.agents import AgentService, NewAgent
+from engram.services.caller import Caller
+from engram.services.messages import MessageService
+from engram.services.runtime.turn import StopReason, TurnFinished
+from engram.store.database import Database
+from support.fake_provider import FakeProvider, Reply, ToolCall
+from support.llm import fake_registry
+
+# Before the first step, in two round trips' worth of sessions: the agent read
+# to pick its provider; then one transaction that locks the agent, reads its
+# last sequence number and whether a run is running (one statement), its
+# blocks, tools, buffer and passage count, and inserts the run and the
+# user's message.
+STATEMENTS_BEFORE_FIRST_STEP = 9
+# Each step's checkpoint: the step, its messages (one statement for all of
+# them), and the run's update.
+STATEMENTS_PER_STEP = 3
+# Connections taken from the pool: the agent read, the starting transaction,
+# then one checkpoint transaction per step.
+CHECKOUTS_BEFORE_FIRST_STEP = 2
+
+
+@dataclass
+class Counts:
+    statements: list[str] = field(default_factory=list)
+    checkouts: int = 0
+
+
+@contextmanager
+def counting(database: Database) -> Iterator[Counts]:
+    counts = Counts()
+    engine = database.engine.sync_engine
+
+    def on_execute(*args: Any) -> None:
+        statement = str(args[2])
+        if not statement.lstrip().upper().startswith("BEGIN"):
+            counts.statements.append(statement)
+
+    def on_checkout(*args: Any) -> None:
+        counts.checkouts += 1
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    event.listen(engine.pool, "checkout", on_checkout)
+    try:
+        yield counts
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+        event.remove(engine.pool, "checkout", on_checkout)
+
+
+@dataclass
+class World:
+    caller: Caller
+    database: Database
+    service: MessageService
+    agent_id: str
+    fake: FakeProvider
+
+
+@pytest.fixture
+async def world(database: Database, fake_provider: FakeProvider) -> AsyncIterator[World]:
+    caller = await ensure_default_identity(database)
+    registry = fake_registry(fake_provider)
+    view = await AgentService(database).create(
+        caller,
+        NewAgent(
+            values={"display_name": "pal", "agent_type": "native", "model": "openai/gpt-test"},
+            memory_blocks=[{"label": "human", "value": "Name: Ada"}],
+        ),
+        request_id="",
+    )
+    try:
+        yield World(
+            caller, database, MessageService(database, registry), view.agent.id, fake_provider
+        )
+    finally:
+        await registry.close()
+
+
+async def turn(world: World, text: str) -> TurnFinished:
+    events = [e.event async for e in world.service.send(world.caller, world.agent_id, text)]
+    last = events[-1]
+    assert isinstance(last, TurnFinished)
+    return last
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+async def test_a_turn_costs_a_fixed_number_of_statements_per_step(world: World, steps: int) -> None:
+    # A call of a tool the agent does not have comes back as an error without
+    # touching the database, and (native loop) asks for another step.
+    calls = [Reply(tool_calls=[ToolCall("no_such_tool", {}, id=f"c{n}")]) for n in range(1, steps)]
+    world.fake.script(Reply(text="Warm."), *calls, Reply(text="Done."))
+    await turn(world, "warm up")  # the first turn of an agent is no different, but caches are
+
+    with counting(world.database) as counts:
+        finished = await turn(world, "Hello")
+
+    assert finished.stop_reason is StopReason.END_TURN
+    assert len(counts.statements) == STATEMENTS_BEFORE_FIRST_STEP + STATEMENTS_PER_STEP * steps, (
+        "\n".join(counts.statements)
+    )
+    assert counts.checkouts == CHECKOUTS_BEFORE_FIRST_STEP + steps
+
+
+async def test_the_statement_count_does_not_grow_with_history(world: World) -> None:
+    world.fake.script(*[Reply(text=f"Answer {n}.") for n in range(6)])
+    counted = []
+    for n in range(6):
+        with counting(world.database) as counts:
+            await turn(world, f"Message {n}")
+        counted.append(len(counts.statements))
+    assert counted == [STATEMENTS_BEFORE_FIRST_STEP + STATEMENTS_PER_STEP] * 6
