@@ -299,6 +299,16 @@ async def _with_pings(
             await producer
 
 
+def _roles_of(request: Any) -> list[str]:
+    """The request's ``roles`` filter as role names."""
+    roles = []
+    for index, role in enumerate(request.roles):
+        if role not in ROLE_FROM_PROTO:
+            raise InvalidArgumentError.field(f"roles[{index}]", "is not a message role")
+        roles.append(ROLE_FROM_PROTO[role])
+    return roles
+
+
 def _time_of(request: Any, field: str) -> datetime | None:
     """An optional Timestamp field as an aware UTC datetime."""
     if not request.HasField(field):
@@ -418,23 +428,44 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
         self, request: message_service_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
     ) -> message_service_pb2.ListMessagesResponse:
         agent_id = agent_id_of(request.parent, "parent")
-        roles = []
-        for index, role in enumerate(request.roles):
-            if role not in ROLE_FROM_PROTO:
-                raise InvalidArgumentError.field(f"roles[{index}]", "is not a message role")
-            roles.append(ROLE_FROM_PROTO[role])
         messages, token = await self.service.list_messages(
             current_caller(),
             agent_id,
             page_size=request.page_size,
             page_token=request.page_token,
             newest_first=request.newest_first,
-            roles=roles,
+            roles=_roles_of(request),
             start_time=_time_of(request, "start_time"),
             end_time=_time_of(request, "end_time"),
         )
         return message_service_pb2.ListMessagesResponse(
             messages=[message_to_proto(m) for m in messages], next_page_token=token
+        )
+
+    async def SearchMessages(
+        self,
+        request: message_service_pb2.SearchMessagesRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> message_service_pb2.SearchMessagesResponse:
+        agent_id = agent_id_of(request.parent, "parent")
+        hits, token = await self.app.services.message_search.search(
+            current_caller(),
+            agent_id,
+            request.query,
+            roles=_roles_of(request),
+            start_time=_time_of(request, "start_time"),
+            end_time=_time_of(request, "end_time"),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return message_service_pb2.SearchMessagesResponse(
+            results=[
+                message_service_pb2.MessageSearchResult(
+                    message=message_to_proto(hit.message), relevance=hit.score
+                )
+                for hit in hits
+            ],
+            next_page_token=token,
         )
 
     async def GetContextWindow(

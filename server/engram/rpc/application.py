@@ -18,6 +18,7 @@ from engram.services.agents import AgentService
 from engram.services.auth import ApiKeyAuthenticator
 from engram.services.blocks import BlockService
 from engram.services.caller import Caller
+from engram.services.message_search import MessageSearchService
 from engram.services.messages import MessageService
 from engram.services.providers import ProviderService
 from engram.services.tools import ToolService
@@ -34,6 +35,7 @@ class Services:
     tools: ToolService
     admin: AdminService
     messages: MessageService
+    message_search: MessageSearchService
     providers: ProviderRegistry
     runtime_providers: ProviderService
 
@@ -61,6 +63,7 @@ class Services:
             admin=AdminService(database),
             # Turns resolve model handles against the organization's providers first.
             messages=MessageService(database, runtime_providers),
+            message_search=MessageSearchService(database),
             providers=providers,
             runtime_providers=runtime_providers,
         )

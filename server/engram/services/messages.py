@@ -37,10 +37,10 @@ import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.adapters.llm.chat import ChatMessage, ChatResult, Reasoning, Role, ToolCall, ToolSpec
@@ -57,6 +57,7 @@ from engram.services.blocks import new_block
 from engram.services.caller import Caller
 from engram.services.common import load
 from engram.services.errors import FailedPreconditionError, InvalidArgumentError
+from engram.services.message_search import conversation_search
 from engram.services.pagination import (
     InvalidPageTokenError,
     PageRequest,
@@ -139,8 +140,6 @@ RUNTIME_AUTHOR = "engram"
 ABANDONED_AFTER = timedelta(minutes=30)
 
 CONVERSATION_SEARCH = "conversation_search"
-SEARCH_DEFAULT_LIMIT = 5  # what the tool's description promises the model
-SEARCH_MAX_LIMIT = 20
 CUSTOM_TOOL_UNAVAILABLE = "custom tools cannot run yet on this server"
 UNANSWERED_CALL_NOTICE = "Not run: the user sent a new message before this call was approved."
 
@@ -468,7 +467,7 @@ class MessageService:
 
         async def run_tool(name: str, arguments: Mapping[str, Any]) -> ToolOutcome:
             if name == CONVERSATION_SEARCH:
-                return await _conversation_search(
+                return await conversation_search(
                     self.database, organization_id, recorder.agent_id, recorder.run_id, arguments
                 )
             return ToolOutcome(CUSTOM_TOOL_UNAVAILABLE, ok=False)
@@ -1568,88 +1567,6 @@ def _is_summary(row: Message) -> bool:
 def _summary_body(row: Message) -> str:
     """An earlier summary without its header, to be folded into the next one."""
     return row.text.removeprefix(SUMMARY_HEADER).strip()
-
-
-# --- conversation search ---------------------------------------------------------------
-
-
-async def _conversation_search(
-    database: Database,
-    organization_id: str,
-    agent_id: str,
-    run_id: str,
-    arguments: Mapping[str, Any],
-) -> ToolOutcome:
-    """Case-insensitive substring search over the agent's whole history, newest first.
-
-    Messages of the current turn are left out (the model has them in view,
-    and the user's question would otherwise find itself), as are the loop's
-    own notices.  Ranked full-text search comes later.
-    """
-    try:
-        query = _search_query(agent_id, run_id, arguments)
-    except ValueError as error:
-        return ToolOutcome(str(error), ok=False)
-    async with database.read(organization_id) as session:
-        rows = (await session.scalars(query)).all()
-    words = str(arguments.get("query") or "")
-    if not rows:
-        return ToolOutcome(f"No earlier message matches {words!r}." if words else "No messages.")
-    found = [
-        {
-            "time": row.created_at.isoformat(timespec="seconds"),
-            "role": row.role,
-            "text": row.text,
-        }
-        for row in rows
-    ]
-    return ToolOutcome(json.dumps(found, ensure_ascii=False))
-
-
-def _search_query(agent_id: str, run_id: str, arguments: Mapping[str, Any]) -> Select[Any]:
-    """The search as SQL; ValueError (for the model) on an argument it cannot use."""
-    query = select(Message).where(
-        Message.agent_id == agent_id,
-        Message.text != "",
-        or_(Message.run_id.is_(None), Message.run_id != run_id),
-        or_(Message.role != Role.USER.value, Message.name.is_(None)),
-    )
-    words = arguments.get("query")
-    if words:
-        query = query.where(Message.text.icontains(str(words), autoescape=True))
-    roles = arguments.get("roles")
-    if roles:
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise ValueError("The argument 'roles' must be a list of role names.")
-        query = query.where(Message.role.in_(roles))
-    start, end = arguments.get("start_date"), arguments.get("end_date")
-    if start:
-        query = query.where(Message.created_at >= _moment(start, "start_date", end_of_day=False))
-    if end:
-        query = query.where(Message.created_at <= _moment(end, "end_date", end_of_day=True))
-    return query.order_by(Message.sequence_id.desc()).limit(_search_limit(arguments.get("limit")))
-
-
-def _search_limit(value: Any) -> int:
-    if value is None:
-        return SEARCH_DEFAULT_LIMIT
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("The argument 'limit' must be an integer.")
-    return max(1, min(value, SEARCH_MAX_LIMIT))
-
-
-def _moment(value: Any, name: str, *, end_of_day: bool) -> datetime:
-    """An ISO date or time; a bare date means the whole day (UTC), hence ``end_of_day``."""
-    text = str(value)
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return moment + timedelta(days=1, microseconds=-1) if end_of_day else moment
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"The argument {name!r} must be an ISO date such as 2025-01-31.") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # --- pagination by sequence ------------------------------------------------------------

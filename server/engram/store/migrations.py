@@ -28,6 +28,7 @@ from engram.config.database_choice import choose_database
 from engram.config.settings import get_settings
 from engram.secrets import KeyRing
 from engram.store.engine import create_engine
+from engram.store.message_search import is_search_index_object
 from engram.store.models import Base
 from engram.store.sqlite import WRITE_OPTION
 
@@ -59,8 +60,18 @@ def configure_context(context: Any, connection: Connection) -> None:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
         transaction_per_migration=False,
     )
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Leave out of comparisons what the models do not describe on purpose.
+
+    The full-text search index of messages is engine-specific SQL in a
+    migration (see :mod:`engram.store.message_search`), not a model.
+    """
+    return not is_search_index_object(name, type_)
 
 
 @contextlib.asynccontextmanager
@@ -140,6 +151,7 @@ async def model_drift(engine: AsyncEngine) -> list[Any]:
             opts={
                 "target_metadata": Base.metadata,
                 "compare_type": True,
+                "include_name": include_name,
                 "render_as_batch": sync.dialect.name == "sqlite",
             },
         )

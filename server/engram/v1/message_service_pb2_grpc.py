@@ -57,6 +57,11 @@ class MessageServiceStub:
                 request_serializer=engram_dot_v1_dot_message__service__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=engram_dot_v1_dot_message__service__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.SearchMessages = channel.unary_unary(
+                '/engram.v1.MessageService/SearchMessages',
+                request_serializer=engram_dot_v1_dot_message__service__pb2.SearchMessagesRequest.SerializeToString,
+                response_deserializer=engram_dot_v1_dot_message__service__pb2.SearchMessagesResponse.FromString,
+                _registered_method=True)
         self.GetContextWindow = channel.unary_unary(
                 '/engram.v1.MessageService/GetContextWindow',
                 request_serializer=engram_dot_v1_dot_message__service__pb2.GetContextWindowRequest.SerializeToString,
@@ -104,6 +109,26 @@ class MessageServiceServicer:
     def ListMessages(self, request, context):
         """Lists an agent's messages (its whole conversation), oldest first unless
         `newest_first`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchMessages(self, request, context):
+        """Searches an agent's messages (its whole conversation) for words, best
+        matches first. The query is cut into words (letters, digits and
+        underscores; everything else, quotes and operators included, only
+        separates words) and a message matching any word is found, with the
+        usual stemming ("cats" finds "cat"). Messages matching more of the
+        words, or matching them more often, rank higher; ties go newest first.
+        The text of a message is searched, and the arguments of the tools the
+        agent called. The server's own notices to the model and the results of
+        the agent's earlier searches are never found.
+
+        An empty query is INVALID_ARGUMENT. Ranking differs between the storage
+        engines: SQLite weighs rare words more and long messages less (BM25);
+        PostgreSQL counts matches (weighing close ones more) whatever the words
+        and the length, and ignores common English words such as "the".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +190,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=engram_dot_v1_dot_message__service__pb2.ListMessagesRequest.FromString,
                     response_serializer=engram_dot_v1_dot_message__service__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'SearchMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMessages,
+                    request_deserializer=engram_dot_v1_dot_message__service__pb2.SearchMessagesRequest.FromString,
+                    response_serializer=engram_dot_v1_dot_message__service__pb2.SearchMessagesResponse.SerializeToString,
             ),
             'GetContextWindow': grpc.unary_unary_rpc_method_handler(
                     servicer.GetContextWindow,
@@ -269,6 +299,33 @@ class MessageService:
             '/engram.v1.MessageService/ListMessages',
             engram_dot_v1_dot_message__service__pb2.ListMessagesRequest.SerializeToString,
             engram_dot_v1_dot_message__service__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.v1.MessageService/SearchMessages',
+            engram_dot_v1_dot_message__service__pb2.SearchMessagesRequest.SerializeToString,
+            engram_dot_v1_dot_message__service__pb2.SearchMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
