@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -27,12 +27,13 @@ from engram.store.database import Database
 from support.fake_provider import FakeProvider, Reply, ToolCall
 from support.llm import fake_registry
 
-# Before the first step, in two round trips' worth of sessions: the agent read
-# to pick its provider; then one transaction that locks the agent, reads its
-# last sequence number and whether a run is running (one statement), its
-# blocks, tools, buffer and passage count, and inserts the run and the
-# user's message.
-STATEMENTS_BEFORE_FIRST_STEP = 9
+# Before the first step, in two sessions: the agent read to pick its
+# provider; then one transaction that locks the agent, reads its last
+# sequence number and whether a run is running (one statement), its blocks,
+# tools and passage count, and inserts the run and the user's message.  The
+# buffer is not read when the agent's previous turn ran in this process
+# (see engram.services.runtime.buffer_cache); otherwise it costs one more.
+STATEMENTS_BEFORE_FIRST_STEP = 8
 # Each step's checkpoint: the step, its messages (one statement for all of
 # them), and the run's update.
 STATEMENTS_PER_STEP = 3
@@ -111,7 +112,7 @@ async def test_a_turn_costs_a_fixed_number_of_statements_per_step(world: World, 
     # touching the database, and (native loop) asks for another step.
     calls = [Reply(tool_calls=[ToolCall("no_such_tool", {}, id=f"c{n}")]) for n in range(1, steps)]
     world.fake.script(Reply(text="Warm."), *calls, Reply(text="Done."))
-    await turn(world, "warm up")  # the first turn of an agent is no different, but caches are
+    await turn(world, "warm up")  # fills the caches: the provider's, the buffer's
 
     with counting(world.database) as counts:
         finished = await turn(world, "Hello")
@@ -130,4 +131,49 @@ async def test_the_statement_count_does_not_grow_with_history(world: World) -> N
         with counting(world.database) as counts:
             await turn(world, f"Message {n}")
         counted.append(len(counts.statements))
-    assert counted == [STATEMENTS_BEFORE_FIRST_STEP + STATEMENTS_PER_STEP] * 6
+    # The agent's first turn reads its (empty) buffer; later ones find it kept.
+    first, *later = counted
+    assert first == STATEMENTS_BEFORE_FIRST_STEP + 1 + STATEMENTS_PER_STEP
+    assert later == [STATEMENTS_BEFORE_FIRST_STEP + STATEMENTS_PER_STEP] * 5
+
+
+async def test_a_buffer_not_kept_in_this_process_is_read_once(world: World) -> None:
+    world.fake.script(*[Reply(text=f"Answer {n}.") for n in range(3)])
+    await turn(world, "Message 0")
+    elsewhere = MessageService(world.database, fake_registry(world.fake))
+    try:
+        with counting(world.database) as counts:
+            await turn(replace(world, service=elsewhere), "Message 1")
+        assert len(counts.statements) == STATEMENTS_BEFORE_FIRST_STEP + 1 + STATEMENTS_PER_STEP
+        with counting(world.database) as counts:
+            await turn(replace(world, service=elsewhere), "Message 2")
+        assert len(counts.statements) == STATEMENTS_BEFORE_FIRST_STEP + STATEMENTS_PER_STEP
+    finally:
+        await elsewhere.providers.close()  # type: ignore[attr-defined]
+
+
+async def test_a_kept_buffer_takes_in_what_another_process_added(world: World) -> None:
+    """Two services on one database, as two server processes: each sees the other's turns."""
+    world.fake.script(*[Reply(text=f"Answer {n}.") for n in range(4)])
+    other = MessageService(world.database, fake_registry(world.fake))
+    try:
+        await turn(world, "First, here")
+        await turn(replace(world, service=other), "Second, elsewhere")
+        await turn(world, "Third, here again")
+        await turn(replace(world, service=other), "Fourth, elsewhere again")
+    finally:
+        await other.providers.close()  # type: ignore[attr-defined]
+
+    sent = [
+        [(m["role"], m.get("content")) for m in r.body["messages"][1:]]
+        for r in world.fake.requests
+        if r.body is not None
+    ]
+    assert sent[2] == [
+        ("user", "First, here"),
+        ("assistant", "Answer 0."),
+        ("user", "Second, elsewhere"),
+        ("assistant", "Answer 1."),
+        ("user", "Third, here again"),
+    ]
+    assert sent[3] == [*sent[2], ("assistant", "Answer 2."), ("user", "Fourth, elsewhere again")]

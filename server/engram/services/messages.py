@@ -36,7 +36,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -66,6 +66,7 @@ from engram.services.pagination import (
     oldest_first,
     page_request,
 )
+from engram.services.runtime.buffer_cache import BufferCache
 from engram.services.runtime.compaction import (
     BufferEntry,
     EntryRole,
@@ -196,6 +197,9 @@ class MessageService:
         # Agents with a turn in progress in this process.  Only ever try-acquired,
         # so no task waits on one and an entry can go as soon as it is released.
         self._turn_locks: dict[str, asyncio.Lock] = {}
+        # The buffers this process's turns last read or wrote, so the next
+        # turn of an agent reads only what is new (see buffer_cache).
+        self._buffers = BufferCache()
 
     # --- turns ---------------------------------------------------------------------
 
@@ -305,7 +309,12 @@ class MessageService:
         async with self._claim(agent_id):
             start = await self._start_run(caller, agent_id, opening)
             recorder = _TurnRecorder(
-                self.database, caller.organization_id, agent_id, start.run_id, provider.name
+                self.database,
+                caller.organization_id,
+                agent_id,
+                start.run_id,
+                provider.name,
+                self._buffers,
             )
             turn_events = self._turn_events(caller, recorder, start, provider, settings)
             async with contextlib.aclosing(turn_events):
@@ -358,7 +367,11 @@ class MessageService:
             if isinstance(opening, _Review):
                 review = await _locate_pending_call(session, agent_id, opening)
             context = await _read_context(
-                session, agent, recall, keep_from=review.sequence if review is not None else None
+                session,
+                agent,
+                recall,
+                keep_from=review.sequence if review is not None else None,
+                buffers=self._buffers,
             )
             run = Run(
                 id=new_id(IdPrefix.RUN),
@@ -376,13 +389,21 @@ class MessageService:
                 *_close_unanswered_calls(context.buffer),
                 ChatMessage(Role.USER, str(opening)),
             ]
-            await _add_messages(
+            rows = await _add_messages(
                 session, agent_id, run.id, None, opened, after=recall, notices=False
             )
             context.system.recall_messages += len(opened)
-            return _RunStart(run.id, context, opened, None)
+            return _RunStart(run.id, context, opened, None, [_chat_message(r) for r in rows])
 
-        return await self.database.run_transaction(work, caller.organization_id)
+        start = await self.database.run_transaction(work, caller.organization_id)
+        context = start.context
+        self._buffers.store(
+            (caller.organization_id, agent_id),
+            context.buffer_start,
+            context.system.recall_messages,
+            [*context.buffer, *start.stored],
+        )
+        return start
 
     async def _turn_events(
         self,
@@ -459,7 +480,7 @@ class MessageService:
             # Ids the store accepts, so a streamed piece names the message as stored.
             new_message_id=lambda: new_id(IdPrefix.MESSAGE),
         )
-        recorder.attach(turn, context.system)
+        recorder.attach(turn, context)
         return turn
 
     def _tool_runner(self, organization_id: str, recorder: _TurnRecorder) -> ToolRunner:
@@ -735,8 +756,8 @@ async def _refuse_if_running(session: AsyncSession, agent_id: str) -> None:
 
 
 def _close_run(run: Run, status: str, stop_reason: str, error: str | None, now: datetime) -> None:
-    for field, value in _run_end(status, stop_reason, error, now).items():
-        setattr(run, field, value)
+    for column, value in _run_end(status, stop_reason, error, now).items():
+        setattr(run, column, value)
 
 
 def _run_end(status: str, stop_reason: str, error: str | None, now: datetime) -> dict[str, Any]:
@@ -863,6 +884,7 @@ class _RunStart:
     context: _AgentContext
     opened: list[ChatMessage]  # stored: the user's message, after any closed calls
     resume: PendingDecision | None  # the reviewed call, when the turn opens with a review
+    stored: list[ChatMessage] = field(default_factory=list)  # ``opened`` as read back
 
 
 async def _load_context(database: Database, organization_id: str, agent_id: str) -> _AgentContext:
@@ -893,13 +915,19 @@ async def _lock_agent(session: AsyncSession, agent_id: str) -> tuple[Agent, int]
 
 
 async def _read_context(
-    session: AsyncSession, agent: Agent, recall: int, *, keep_from: int | None = None
+    session: AsyncSession,
+    agent: Agent,
+    recall: int,
+    *,
+    keep_from: int | None = None,
+    buffers: BufferCache | None = None,
 ) -> _AgentContext:
     """The agent's memory, tools, rules and buffer, read once at the start of a turn.
 
     ``recall`` is the agent's last message sequence number.  ``keep_from``
     (the sequence of a call being reviewed) widens the buffer to include it,
-    so its result never reaches the model without the call.
+    so its result never reaches the model without the call.  With
+    ``buffers``, only the part of the buffer not kept there is read.
     """
     agent_id = agent.id
     blocks = (
@@ -921,14 +949,14 @@ async def _read_context(
     start = recall + 1 if agent.message_buffer_autoclear else agent.context_start_sequence
     if keep_from is not None:
         start = min(start, keep_from)
-    buffer = await _buffer_rows(session, agent_id, start)
+    buffer = await _read_buffer(session, agent, start, recall, buffers)
     passages = await _passage_count(session, agent_id)
     solver = ToolRuleSolver.from_rules([*agent.tool_rules, *_approval_rules(tools)])
     return _AgentContext(
         memory=CoreMemory(MemoryBlockState.of(block) for block in blocks),
         tools=[_runtime_tool(tool) for tool in tools],
         solver=solver,
-        buffer=[_chat_message(row) for row in buffer],
+        buffer=buffer,
         system=_SystemPrompt(
             prompt=agent.system,
             rule_lines=solver.rule_prompts(),
@@ -942,6 +970,32 @@ async def _read_context(
         buffer_start=start,
         model=agent.model or "",
     )
+
+
+async def _read_buffer(
+    session: AsyncSession, agent: Agent, start: int, recall: int, buffers: BufferCache | None
+) -> list[ChatMessage]:
+    """The buffer from sequence ``start`` on: what ``buffers`` keeps of it, plus what is newer.
+
+    Nothing is read when the kept buffer is up to date (the agent's last turn
+    ran in this process); a summary among the newer messages (a compaction
+    elsewhere) means the buffer is read whole.
+    """
+    kept = buffers.lookup((agent.organization_id, agent.id), start, recall) if buffers else None
+    if kept is not None:
+        messages, known = kept
+        if known == recall:
+            return messages
+        newer = (
+            await session.scalars(
+                select(Message)
+                .where(Message.agent_id == agent.id, Message.sequence_id > known)
+                .order_by(Message.sequence_id)
+            )
+        ).all()
+        if not any(_is_summary(row) for row in newer):
+            return [*messages, *(_chat_message(row) for row in newer)]
+    return [_chat_message(row) for row in await _buffer_rows(session, agent.id, start)]
 
 
 async def _buffer_rows(session: AsyncSession, agent_id: str, start: int) -> list[Message]:
@@ -1220,14 +1274,16 @@ class _TurnRecorder:
     agent_id: str
     run_id: str
     provider_name: str
+    buffers: BufferCache | None = None  # kept up to date with each checkpoint
     finished: bool = False
     _turn: Turn | None = None
     _system: _SystemPrompt | None = None
+    _context: _AgentContext | None = None
     _saved: int = 0  # how many of turn.new_messages are stored
     _step: _StepInProgress | None = None
 
-    def attach(self, turn: Turn, system: _SystemPrompt) -> None:
-        self._turn, self._system = turn, system
+    def attach(self, turn: Turn, context: _AgentContext) -> None:
+        self._turn, self._system, self._context = turn, context.system, context
 
     async def observe(self, event: TurnEvent) -> None:
         """Checkpoint when a step is over: the next one starts, or the turn ends."""
@@ -1255,6 +1311,7 @@ class _TurnRecorder:
         if step is None and stop is None and not pending:
             return
         changed, created = turn.memory.changed_labels(), turn.memory.created_labels()
+        stored: list[Message] = []
 
         async def work(session: AsyncSession) -> None:
             now = utc_now()
@@ -1262,7 +1319,7 @@ class _TurnRecorder:
             if step is not None:
                 step_id = await self._add_step(session, step, COMPLETED, now)
             if pending:
-                await _add_messages(
+                stored[:] = await _add_messages(
                     session,
                     self.agent_id,
                     self.run_id,
@@ -1279,6 +1336,7 @@ class _TurnRecorder:
                 )
 
         await self.database.run_transaction(work, self.organization_id)
+        self._keep(system.recall_messages, stored)
         self._saved += len(pending)
         self._step = None
         self.finished = stop is not None
@@ -1288,6 +1346,22 @@ class _TurnRecorder:
             # The next step should see the memory as it now is.
             self._system.last_memory_change = utc_now()
             turn.history[0] = self._system.compile(turn.memory)
+
+    def _keep(self, after: int, stored: Sequence[Message]) -> None:
+        """Add the messages just stored to the kept buffer, as a later read would return them.
+
+        A buffer moved by a compaction during the turn no longer matches the
+        kept one's start, which the cache then forgets.
+        """
+        if self.buffers is None or self._context is None or not stored:
+            return
+        self.buffers.extend(
+            (self.organization_id, self.agent_id),
+            self._context.buffer_start,
+            after,
+            [_chat_message(row) for row in stored],
+            after + len(stored),
+        )
 
     async def abort(self, status: str, stop_reason: str, error: str | None) -> None:
         """Close the run after an error or a cancellation, with the step it interrupted.
@@ -1346,12 +1420,14 @@ async def _add_messages(
     *,
     after: int,
     notices: bool = True,
-) -> None:
+) -> list[Message]:
     """Append messages to the agent's history, numbered after ``after``, its last one.
 
     With ``notices``, user-role messages are the loop's own notices (the
     person's message is never among a step's messages) and are marked so.
+    Returns the rows, flushed.
     """
+    rows = []
     sequence = after
     for message in messages:
         sequence += 1
@@ -1361,7 +1437,9 @@ async def _add_messages(
         row.agent_id, row.sequence_id = agent_id, sequence
         row.run_id, row.step_id = run_id, step_id
         session.add(row)
+        rows.append(row)
     await session.flush()
+    return rows
 
 
 async def _save_memory(
