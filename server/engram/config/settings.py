@@ -191,6 +191,14 @@ class Settings(BaseSettings):
         description="CPU threads of the local embedding model; 0 for one per physical core.",
     )
 
+    # --- Data sources ------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024,
+        ge=1,
+        validation_alias=env("MAX_UPLOAD_BYTES", legacy=False),
+        description="Largest file UploadFile accepts, in bytes; larger uploads are refused.",
+    )
+
     @field_validator("pg_uri", "pg_db", "pg_user", "pg_host", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:

@@ -115,6 +115,8 @@ _RULES: Mapping[str, _Rule] = {
     "CONTEXT_WINDOW_EXCEEDED": _Rule(code_pb2.FAILED_PRECONDITION, log_level=logging.INFO),
     "PROVIDER_NOT_CONFIGURED": _Rule(code_pb2.FAILED_PRECONDITION),
     "INVALID_PROVIDER_RESPONSE": _Rule(code_pb2.UNAVAILABLE, retry=True, log_level=logging.WARNING),
+    "UPLOAD_TOO_LARGE": _Rule(code_pb2.INVALID_ARGUMENT),
+    "UNSUPPORTED_MEDIA_TYPE": _Rule(code_pb2.INVALID_ARGUMENT),
 }
 
 MAPPED_REASONS = frozenset(_RULES)

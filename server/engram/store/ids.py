@@ -27,6 +27,8 @@ class IdPrefix(enum.StrEnum):
     PASSAGE = "passage"
     PROVIDER = "provider"
     AGENT_ENV_VAR = "agent-env"
+    SOURCE = "source"
+    FILE = "file"
 
 
 _UUID4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"

@@ -38,6 +38,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONTEXT_WINDOW_EXCEEDED: _ClassVar[ErrorReason]
     INVALID_PROVIDER_RESPONSE: _ClassVar[ErrorReason]
     PROVIDER_NOT_CONFIGURED: _ClassVar[ErrorReason]
+    UPLOAD_TOO_LARGE: _ClassVar[ErrorReason]
+    UNSUPPORTED_MEDIA_TYPE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 NOT_FOUND: ErrorReason
 ALREADY_EXISTS: ErrorReason
@@ -70,3 +72,5 @@ PROVIDER_REJECTED_REQUEST: ErrorReason
 CONTEXT_WINDOW_EXCEEDED: ErrorReason
 INVALID_PROVIDER_RESPONSE: ErrorReason
 PROVIDER_NOT_CONFIGURED: ErrorReason
+UPLOAD_TOO_LARGE: ErrorReason
+UNSUPPORTED_MEDIA_TYPE: ErrorReason

@@ -8,6 +8,7 @@ from engram.store.models.idempotency import IdempotencyKey
 from engram.store.models.messages import Message
 from engram.store.models.runs import Run, Step
 from engram.store.models.secrets import AgentEnvironmentVariable, Provider
+from engram.store.models.sources import FileContent, Source, SourceAgent, SourceFile
 from engram.store.models.tenancy import ApiKey, Organization, User
 from engram.store.models.tools import Tool
 
@@ -22,6 +23,7 @@ __all__ = [
     "ArchiveAgent",
     "Base",
     "Block",
+    "FileContent",
     "IdempotencyKey",
     "Message",
     "Organization",
@@ -29,6 +31,9 @@ __all__ = [
     "Passage",
     "Provider",
     "Run",
+    "Source",
+    "SourceAgent",
+    "SourceFile",
     "Step",
     "Tool",
     "User",

@@ -20,6 +20,12 @@ class Archive(PrefixedId, Timestamped, OrganizationScoped, Base):
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     description: Mapped[str] = mapped_column(Text, nullable=False, default="")
     embedding: Mapped[str | None] = mapped_column(String(300))
+    # Who owns the archive: "agent" archives are listed and attached as such;
+    # a "source" archive holds one data source's passages and belongs to it
+    # (see engram.store.models.sources), so archive listings leave it out.
+    kind: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="agent", server_default="agent"
+    )
 
 
 class ArchiveAgent(OrganizationScoped, Base):
@@ -53,6 +59,11 @@ class Passage(PrefixedId, Timestamped, OrganizationScoped, Base):
     embedding: Mapped[Embedding | None] = mapped_column(EmbeddingVector())
     embedding_dim: Mapped[int | None] = mapped_column(Integer)
     embedding_model: Mapped[str | None] = mapped_column(String(300))
+    # The file of a data source this passage was cut from (None for archival
+    # memory); deleting the file or its source deletes its passages.
+    file_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("files.id", ondelete="CASCADE"), index=True
+    )
     tags: Mapped[list[str]] = mapped_column(JsonDocument, nullable=False, default=list)
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JsonDocument, nullable=False, default=dict
