@@ -386,6 +386,7 @@ class SourceService:
                 last = seen
                 yield file
             if FileStatus(file.status).terminal:
+                self.runner.forget(file_id, changed)
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)

@@ -147,6 +147,11 @@ class IngestionRunner:
             event = self._signals[file_id] = asyncio.Event()
         return event
 
+    def forget(self, file_id: str, event: asyncio.Event) -> None:
+        """Drop ``event`` (taken for a file found finished), so finished files hold no entry."""
+        if self._signals.get(file_id) is event:
+            del self._signals[file_id]
+
     def notify(self, file_id: str) -> None:
         event = self._signals.pop(file_id, None)
         if event is not None:
