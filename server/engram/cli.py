@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from engram.adapters.embeddings.registry import EmbeddingRegistry
     from engram.adapters.llm.registry import ProviderRegistry
     from engram.config.settings import get_settings
     from engram.rpc.application import Application, Services
@@ -163,8 +164,13 @@ async def _serve(args: argparse.Namespace) -> int:
         providers = ProviderRegistry.from_environment(os.environ)
         logger.info("LLM providers configured: %s", ", ".join(providers.names) or "none")
         services = Services.build(
-            storage.database, authenticator, providers, keyring=storage.keyring
+            storage.database,
+            authenticator,
+            providers,
+            keyring=storage.keyring,
+            embeddings=EmbeddingRegistry.from_settings(settings, os.environ),
         )
+        services.start()
         app.ready(services)
 
         async def release() -> None:

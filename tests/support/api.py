@@ -32,6 +32,7 @@ from engram.v1 import (
     block_service_pb2_grpc,
     message_service_pb2_grpc,
     provider_service_pb2_grpc,
+    source_service_pb2_grpc,
     tool_service_pb2_grpc,
 )
 
@@ -60,6 +61,7 @@ class Client:
     messages: Any
     runs: Any
     providers: Any
+    sources: Any
 
     @classmethod
     def connect(cls, channel: grpc.aio.Channel, caller: Caller, key: str) -> Client:
@@ -76,6 +78,7 @@ class Client:
             providers=AuthorizedStub(
                 provider_service_pb2_grpc.ProviderServiceStub(channel), metadata
             ),
+            sources=AuthorizedStub(source_service_pb2_grpc.SourceServiceStub(channel), metadata),
         )
 
 
@@ -90,6 +93,8 @@ class ApiHarness:
     org_b: Client
     member_a: Client
     anonymous: Client
+    # The server's services, for tests that must reach behind the API (ingestion slots).
+    services: Services
 
     @property
     def address(self) -> str:
@@ -130,6 +135,7 @@ async def running_api(
     services = Services.build(
         database, authenticator, providers or ProviderRegistry({}), keyring=keyring
     )
+    services.start()
     app.ready(services)
     await server.set_serving()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -142,6 +148,7 @@ async def running_api(
             org_b=Client.connect(channel, caller_b, key_b),
             member_a=Client.connect(channel, member_a, member_key_a),
             anonymous=Client.connect(channel, Caller("", ""), ""),
+            services=services,
         )
     finally:
         await channel.close()

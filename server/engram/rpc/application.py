@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engram.adapters.embeddings.registry import EmbeddingRegistry
 from engram.adapters.llm.registry import ProviderRegistry
 from engram.config.settings import Settings
 from engram.secrets import KeyRing
@@ -21,9 +22,11 @@ from engram.services.caller import Caller
 from engram.services.message_search import MessageSearchService
 from engram.services.messages import MessageService
 from engram.services.providers import ProviderService
+from engram.services.sources import SourceService
 from engram.services.tools import ToolService
 from engram.store.database import Database
 from engram.store.errors import DatabaseUnavailableError
+from engram.store.passage_search import VectorIndexes
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Services:
     message_search: MessageSearchService
     providers: ProviderRegistry
     runtime_providers: ProviderService
+    embeddings: EmbeddingRegistry
+    sources: SourceService
 
     @classmethod
     def build(
@@ -47,6 +52,7 @@ class Services:
         providers: ProviderRegistry,
         *,
         keyring: KeyRing | None = None,
+        embeddings: EmbeddingRegistry | None = None,
     ) -> Services:
         """The services over ``database``; ``providers`` are the environment's.
 
@@ -54,6 +60,9 @@ class Services:
         (ENCRYPTION_KEY_MISSING) rather than keep them in plaintext.
         """
         runtime_providers = ProviderService(database, keyring or KeyRing(None), providers)
+        # One registry (and its loaded models and HTTP clients) for every path that
+        # embeds; without one, only the local models are available.
+        embeddings = embeddings if embeddings is not None else EmbeddingRegistry({})
         return cls(
             database=database,
             authenticator=authenticator,
@@ -66,11 +75,20 @@ class Services:
             message_search=MessageSearchService(database),
             providers=providers,
             runtime_providers=runtime_providers,
+            embeddings=embeddings,
+            sources=SourceService(database, embeddings, VectorIndexes(database)),
         )
+
+    def start(self) -> None:
+        """Start the background work: resuming ingestions a previous server left unfinished."""
+        self.sources.start()
 
     async def close(self) -> None:
         """Release what the services hold (cached provider clients); not the database."""
+        # First, while the database is still open: running ingestions give their files back.
+        await self.sources.close()
         await self.runtime_providers.close()
+        await self.embeddings.close()
 
 
 class Application:

@@ -93,6 +93,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
     from engram.api.blocks import BlockServicer
     from engram.api.messages import MessageServicer, RunServicer
     from engram.api.providers import ProviderServicer
+    from engram.api.sources import SourceServicer
     from engram.api.tools import ToolServicer
     from engram.v1 import (
         admin_service_pb2,
@@ -105,6 +106,8 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
         message_service_pb2_grpc,
         provider_service_pb2,
         provider_service_pb2_grpc,
+        source_service_pb2,
+        source_service_pb2_grpc,
         tool_service_pb2,
         tool_service_pb2_grpc,
     )
@@ -116,6 +119,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
     message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageServicer(app), server)
     message_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(app), server)
     provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(app), server)
+    source_service_pb2_grpc.add_SourceServiceServicer_to_server(SourceServicer(app), server)
     return [
         str(module.DESCRIPTOR.services_by_name[name].full_name)
         for module, name in (
@@ -126,6 +130,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
             (message_service_pb2, "MessageService"),
             (message_service_pb2, "RunService"),
             (provider_service_pb2, "ProviderService"),
+            (source_service_pb2, "SourceService"),
         )
     ]
 
