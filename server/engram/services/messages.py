@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.adapters.llm.chat import ChatMessage, ChatResult, Reasoning, Role, ToolCall, ToolSpec
@@ -48,7 +48,6 @@ from engram.adapters.llm.errors import ContextWindowExceededError, ProviderError
 from engram.adapters.llm.registry import LLMProvider, ModelResolver
 from engram.adapters.tokens import (
     TokenCounter,
-    count_context,
     count_message,
     count_tools,
     default_counters,
@@ -81,6 +80,7 @@ from engram.services.runtime.memory_prompt import (
     render_memory_statistics,
     render_tool_rules,
 )
+from engram.services.runtime.message_tokens import default_message_tokens
 from engram.services.runtime.summarizer import summarize
 from engram.services.runtime.tool_rule_solver import ToolRuleSolver
 from engram.services.runtime.turn import (
@@ -101,6 +101,7 @@ from engram.services.runtime.turn import (
     run_turn,
 )
 from engram.store.database import Database
+from engram.store.errors import OrganizationScopeError
 from engram.store.ids import IdPrefix, new_id
 from engram.store.models import (
     Agent,
@@ -115,6 +116,7 @@ from engram.store.models import (
     Tool,
 )
 from engram.store.models.tools import DEFAULT_RETURN_CHAR_LIMIT
+from engram.store.scoping import organization_of
 from engram.store.types import utc_now
 
 logger = logging.getLogger(__name__)
@@ -373,27 +375,21 @@ class MessageService:
                 keep_from=review.sequence if review is not None else None,
                 buffers=self._buffers,
             )
-            run = Run(
-                id=new_id(IdPrefix.RUN),
-                agent_id=agent_id,
-                status=RUNNING,
-                background=False,
-                metadata_={},
-            )
-            session.add(run)
-            await session.flush()  # the run, before the messages that name it
+            run_id = new_id(IdPrefix.RUN)
+            values = {"agent_id": agent_id, "status": RUNNING, "background": False, "metadata_": {}}
+            await _insert(session, Run, [{"id": run_id, **values}])
             if review is not None:
                 resume = _pending_decision(agent_id, context.buffer, review)
-                return _RunStart(run.id, context, [], resume)
+                return _RunStart(run_id, context, [], resume)
             opened = [
                 *_close_unanswered_calls(context.buffer),
                 ChatMessage(Role.USER, str(opening)),
             ]
             rows = await _add_messages(
-                session, agent_id, run.id, None, opened, after=recall, notices=False
+                session, agent_id, run_id, None, opened, after=recall, notices=False
             )
             context.system.recall_messages += len(opened)
-            return _RunStart(run.id, context, opened, None, [_chat_message(r) for r in rows])
+            return _RunStart(run_id, context, opened, None, [_chat_message(r) for r in rows])
 
         start = await self.database.run_transaction(work, caller.organization_id)
         context = start.context
@@ -1394,21 +1390,22 @@ class _TurnRecorder:
         model = (step.result.model if step.result is not None else "") or (
             self._turn.settings.model if self._turn is not None else ""
         )
-        row = Step(
-            run_id=self.run_id,
-            agent_id=self.agent_id,
-            status=status,
-            provider=self.provider_name,
-            model=model or None,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            total_tokens=usage.total_tokens if usage else 0,
-            started_at=step.started_at,
-            finished_at=now,
-        )
-        session.add(row)
-        await session.flush()
-        return row.id
+        step_id = new_id(IdPrefix.STEP)
+        row = {
+            "id": step_id,
+            "run_id": self.run_id,
+            "agent_id": self.agent_id,
+            "status": status,
+            "provider": self.provider_name,
+            "model": model or None,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "total_tokens": usage.total_tokens if usage else 0,
+            "started_at": step.started_at,
+            "finished_at": now,
+        }
+        await _insert(session, Step, [row])
+        return step_id
 
 
 async def _add_messages(
@@ -1432,14 +1429,52 @@ async def _add_messages(
     for message in messages:
         sequence += 1
         row = _message_row(message, runtime_notice=notices and message.role is Role.USER)
-        if message.id:
-            row.id = message.id  # chosen by the turn, and already shown to a streaming client
+        # The id is chosen by the turn when a streaming client was already shown it.
+        row.id = message.id or new_id(IdPrefix.MESSAGE)
         row.agent_id, row.sequence_id = agent_id, sequence
         row.run_id, row.step_id = run_id, step_id
-        session.add(row)
         rows.append(row)
-    await session.flush()
+    await _insert(
+        session, Message, [{key: getattr(row, key) for key in _MESSAGE_KEYS} for row in rows]
+    )
     return rows
+
+
+# What a turn sets on the messages it stores (the rest take their defaults).
+_MESSAGE_KEYS = (
+    "id",
+    "agent_id",
+    "sequence_id",
+    "role",
+    "content",
+    "text",
+    "name",
+    "tool_calls",
+    "tool_call_id",
+    "run_id",
+    "step_id",
+    "is_error",
+)
+
+
+async def _insert(session: AsyncSession, model: type[Any], rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows of one model in one statement, in the session's organization.
+
+    A bulk insert, not the unit of work: a turn writes new rows it never
+    reads back through the session, and the unit of work's bookkeeping
+    (identity map, per-object state, flush ordering) was a large part of
+    a checkpoint's CPU time.  So the organization, which a flush would
+    fill in and check, is set here from the session's scope.
+    """
+    organization_id = organization_of(session.sync_session)
+    if organization_id is None:
+        raise OrganizationScopeError("rows were inserted in a session without an organization")
+    # Nulls are sent as such, so rows with and without a value in a column
+    # still share one statement (all the defaults are the client's anyway).
+    await session.execute(
+        insert(model).execution_options(render_nulls=True),
+        [{**row, "organization_id": organization_id} for row in rows],
+    )
 
 
 async def _save_memory(
@@ -1508,7 +1543,8 @@ class _Compactor:
     async def before_step(self, turn: Turn) -> None:
         """Compact first when the coming call would pass the threshold of the window."""
         counter = await default_counters().for_model(self.context.model)
-        tokens = await asyncio.to_thread(count_context, counter, turn.history, _specs(turn.tools))
+        count = default_message_tokens().count_context
+        tokens = await asyncio.to_thread(count, counter, turn.history, _specs(turn.tools))
         if needs_compaction(tokens, self.context.window):
             await self._compact_turn(turn)
 
