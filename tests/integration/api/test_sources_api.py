@@ -584,3 +584,67 @@ async def test_a_watched_file_deleted_ends_the_watch_with_not_found(api: ApiHarn
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await anext(stream)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class GatedEmbedder:
+    """The real local embedder, whose calls wait until the test opens the gate."""
+
+    def __init__(self, inner: Any, gate: asyncio.Event, entered: asyncio.Event) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.entered = entered
+
+    @property
+    def handle(self) -> str:
+        return str(self.inner.handle)
+
+    @property
+    def dimension(self) -> int | None:
+        return self.inner.dimension  # type: ignore[no-any-return]
+
+    async def embed(self, texts: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await self.inner.embed(texts)
+
+
+class GatedRegistry(EmbeddingRegistry):
+    def __init__(self) -> None:
+        super().__init__({})
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def resolve(self, handle: str | None = None, *, dimensions: int | None = None) -> Any:
+        return GatedEmbedder(
+            super().resolve(handle, dimensions=dimensions), self.gate, self.entered
+        )
+
+
+async def test_shutdown_releases_a_running_ingestion_for_the_next_server(
+    api: ApiHarness,
+) -> None:
+    source = await create_source(api.org_a)
+    organization = api.org_a.caller.organization_id
+    registry = GatedRegistry()
+    stopping = SourceService(api.database, registry, VectorIndexes(api.database))
+    try:
+        async with api.services.sources.runner.held():
+            file = await upload(api.org_a, source, "long.txt", long_document(5).encode())
+            stopping.start()
+            await registry.entered.wait()  # parsed, chunked, embedding its first batch
+            current = await api.org_a.sources.GetFile(
+                source_service_pb2.GetFileRequest(name=file.name)
+            )
+            assert current.state == File.STATE_EMBEDDING and current.chunks_total == 5
+            await stopping.close()  # the server shuts down mid-file
+            async with api.database.read(organization) as session:
+                row = await session.get(SourceFile, file.id)
+            assert row is not None
+            assert (row.status, row.lease_expires_at, row.attempts) == ("queued", None, 0)
+            # Free for the next server (here, the harness's) to take at once.
+            assert await api.services.sources.runner.sweep() == 1
+    finally:
+        await stopping.close()
+    done = await ingested(api.org_a, file)
+    assert done.state == File.STATE_COMPLETED and done.chunks_done == 5
+    assert len(await passages_of(api.database, organization, file.id)) == 5
