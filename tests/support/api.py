@@ -17,6 +17,7 @@ import grpc
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
+from engram.adapters.embeddings.registry import EmbeddingRegistry
 from engram.adapters.llm.registry import ProviderRegistry
 from engram.config.settings import Settings
 from engram.rpc.application import Application, Services
@@ -29,6 +30,7 @@ from engram.store.database import Database
 from engram.v1 import (
     admin_service_pb2_grpc,
     agent_service_pb2_grpc,
+    archive_service_pb2_grpc,
     block_service_pb2_grpc,
     message_service_pb2_grpc,
     provider_service_pb2_grpc,
@@ -61,6 +63,7 @@ class Client:
     messages: Any
     runs: Any
     providers: Any
+    archives: Any
     sources: Any
 
     @classmethod
@@ -78,6 +81,7 @@ class Client:
             providers=AuthorizedStub(
                 provider_service_pb2_grpc.ProviderServiceStub(channel), metadata
             ),
+            archives=AuthorizedStub(archive_service_pb2_grpc.ArchiveServiceStub(channel), metadata),
             sources=AuthorizedStub(source_service_pb2_grpc.SourceServiceStub(channel), metadata),
         )
 
@@ -122,8 +126,12 @@ async def running_api(
     database: Database,
     providers: ProviderRegistry | None = None,
     keyring: KeyRing | None = None,
+    embeddings: EmbeddingRegistry | None = None,
 ) -> AsyncIterator[ApiHarness]:
-    """The harness; without ``keyring`` the server has no encryption key (no stored secrets)."""
+    """The harness; without ``keyring`` the server has no encryption key (no stored secrets).
+
+    Without ``embeddings`` the server embeds with the local models only.
+    """
     admin = AdminService(database)
     caller_a, key_a, member_a, member_key_a = await _organization(admin, "org-a")
     caller_b, key_b, _, _ = await _organization(admin, "org-b")
@@ -133,7 +141,11 @@ async def running_api(
         settings.model_copy(update={"host": "127.0.0.1", "port": 0}), app=app
     )
     services = Services.build(
-        database, authenticator, providers or ProviderRegistry({}), keyring=keyring
+        database,
+        authenticator,
+        providers or ProviderRegistry({}),
+        keyring=keyring,
+        embeddings=embeddings,
     )
     services.start()
     app.ready(services)

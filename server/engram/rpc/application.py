@@ -16,17 +16,18 @@ from engram.config.settings import Settings
 from engram.secrets import KeyRing
 from engram.services.admin import AdminService
 from engram.services.agents import AgentService
+from engram.services.archives import ArchiveService
 from engram.services.auth import ApiKeyAuthenticator
 from engram.services.blocks import BlockService
 from engram.services.caller import Caller
 from engram.services.message_search import MessageSearchService
 from engram.services.messages import MessageService
+from engram.services.passages import PassageService
 from engram.services.providers import ProviderService
 from engram.services.sources import SourceService
 from engram.services.tools import ToolService
 from engram.store.database import Database
 from engram.store.errors import DatabaseUnavailableError
-from engram.store.passage_search import VectorIndexes
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Services:
     providers: ProviderRegistry
     runtime_providers: ProviderService
     embeddings: EmbeddingRegistry
+    archives: ArchiveService
+    passages: PassageService
     sources: SourceService
 
     @classmethod
@@ -63,6 +66,7 @@ class Services:
         # One registry (and its loaded models and HTTP clients) for every path that
         # embeds; without one, only the local models are available.
         embeddings = embeddings if embeddings is not None else EmbeddingRegistry({})
+        passages = PassageService(database, embeddings)
         return cls(
             database=database,
             authenticator=authenticator,
@@ -71,12 +75,14 @@ class Services:
             tools=ToolService(database),
             admin=AdminService(database),
             # Turns resolve model handles against the organization's providers first.
-            messages=MessageService(database, runtime_providers),
+            messages=MessageService(database, runtime_providers, archival=passages),
             message_search=MessageSearchService(database),
             providers=providers,
             runtime_providers=runtime_providers,
             embeddings=embeddings,
-            sources=SourceService(database, embeddings, VectorIndexes(database)),
+            archives=ArchiveService(database, embeddings),
+            passages=passages,
+            sources=SourceService(database, embeddings, passages.indexes),
         )
 
     def start(self) -> None:

@@ -90,6 +90,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
     """Add the Engram servicers; returns their full service names."""
     from engram.api.admin import AdminServicer
     from engram.api.agents import AgentServicer
+    from engram.api.archives import ArchiveServicer
     from engram.api.blocks import BlockServicer
     from engram.api.messages import MessageServicer, RunServicer
     from engram.api.providers import ProviderServicer
@@ -100,6 +101,8 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
         admin_service_pb2_grpc,
         agent_service_pb2,
         agent_service_pb2_grpc,
+        archive_service_pb2,
+        archive_service_pb2_grpc,
         block_service_pb2,
         block_service_pb2_grpc,
         message_service_pb2,
@@ -119,6 +122,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
     message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageServicer(app), server)
     message_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(app), server)
     provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(app), server)
+    archive_service_pb2_grpc.add_ArchiveServiceServicer_to_server(ArchiveServicer(app), server)
     source_service_pb2_grpc.add_SourceServiceServicer_to_server(SourceServicer(app), server)
     return [
         str(module.DESCRIPTOR.services_by_name[name].full_name)
@@ -130,6 +134,7 @@ def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
             (message_service_pb2, "MessageService"),
             (message_service_pb2, "RunService"),
             (provider_service_pb2, "ProviderService"),
+            (archive_service_pb2, "ArchiveService"),
             (source_service_pb2, "SourceService"),
         )
     ]

@@ -65,6 +65,54 @@ BASE_TOOLS: dict[str, BaseTool] = {
             ),
         ),
         BaseTool(
+            "archival_memory_insert",
+            MEMORY,
+            "Save a piece of text to your long-term archive, where it stays after it leaves "
+            "your context and can be found later by its meaning with archival_memory_search. "
+            "Write it so that it makes sense on its own.",
+            _params(
+                ["content"],
+                content={**_STR, "description": "The text to keep."},
+                tags={
+                    "type": "array",
+                    "items": _STR,
+                    "description": "Labels to find it by later (optional).",
+                },
+            ),
+        ),
+        BaseTool(
+            "archival_memory_search",
+            MEMORY,
+            "Look up your long-term archive by meaning: returns the saved texts closest to the "
+            "query, best first, with when they were saved and their tags.",
+            _params(
+                ["query"],
+                query={**_STR, "description": "What you are looking for, in plain words."},
+                tags={
+                    "type": "array",
+                    "items": _STR,
+                    "description": "Only texts with these tags.",
+                },
+                tag_match_mode={
+                    **_STR,
+                    "enum": ["any", "all"],
+                    "description": "'any' (default): at least one of the tags; 'all': every tag.",
+                },
+                top_k={
+                    "type": "integer",
+                    "description": "At most this many results (default 5).",
+                },
+                start_datetime={
+                    **_STR,
+                    "description": "Only texts saved at or after this ISO date or time.",
+                },
+                end_datetime={
+                    **_STR,
+                    "description": "Only texts saved at or before this ISO date or time.",
+                },
+            ),
+        ),
+        BaseTool(
             "core_memory_append",
             MEMORY,
             "Add text on a new line at the end of a memory block.",
@@ -131,8 +179,21 @@ BASE_TOOLS: dict[str, BaseTool] = {
 
 # The tools each agent type starts with when include_base_tools is on.
 DEFAULT_TOOLS_BY_AGENT_TYPE: dict[str, tuple[str, ...]] = {
-    "native": ("conversation_search", "memory_insert", "memory_replace"),
-    "heartbeat": ("send_message", "conversation_search", "memory_insert", "memory_replace"),
+    "native": (
+        "conversation_search",
+        "archival_memory_insert",
+        "archival_memory_search",
+        "memory_insert",
+        "memory_replace",
+    ),
+    "heartbeat": (
+        "send_message",
+        "conversation_search",
+        "archival_memory_insert",
+        "archival_memory_search",
+        "memory_insert",
+        "memory_replace",
+    ),
 }
 
 

@@ -65,6 +65,7 @@ from engram.services.pagination import (
     oldest_first,
     page_request,
 )
+from engram.services.passages import ARCHIVAL_TOOLS, PassageService, run_archival_tool
 from engram.services.runtime.buffer_cache import BufferCache
 from engram.services.runtime.compaction import (
     BufferEntry,
@@ -144,6 +145,7 @@ ABANDONED_AFTER = timedelta(minutes=30)
 
 CONVERSATION_SEARCH = "conversation_search"
 CUSTOM_TOOL_UNAVAILABLE = "custom tools cannot run yet on this server"
+ARCHIVAL_MEMORY_UNAVAILABLE = "archival memory is not available on this server"
 UNANSWERED_CALL_NOTICE = "Not run: the user sent a new message before this call was approved."
 
 # Compaction.  The window of an agent without a context_window_limit (the
@@ -193,9 +195,17 @@ class RunView:
 class MessageService:
     """Sending messages to agents, and reading back their history, runs and steps."""
 
-    def __init__(self, database: Database, providers: ModelResolver) -> None:
+    def __init__(
+        self,
+        database: Database,
+        providers: ModelResolver,
+        *,
+        archival: PassageService | None = None,
+    ) -> None:
         self.database = database
         self.providers = providers
+        # Runs the archival memory tools; without it they answer that it is missing.
+        self.archival = archival
         # Agents with a turn in progress in this process.  Only ever try-acquired,
         # so no task waits on one and an entry can go as soon as it is released.
         self._turn_locks: dict[str, asyncio.Lock] = {}
@@ -486,6 +496,12 @@ class MessageService:
             if name == CONVERSATION_SEARCH:
                 return await conversation_search(
                     self.database, organization_id, recorder.agent_id, recorder.run_id, arguments
+                )
+            if name in ARCHIVAL_TOOLS:
+                if self.archival is None:
+                    return ToolOutcome(ARCHIVAL_MEMORY_UNAVAILABLE, ok=False)
+                return await run_archival_tool(
+                    self.archival, organization_id, recorder.agent_id, name, arguments
                 )
             return ToolOutcome(CUSTOM_TOOL_UNAVAILABLE, ok=False)
 

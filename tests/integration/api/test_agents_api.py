@@ -32,8 +32,14 @@ from engram.v1 import (
 )
 from support.api import ApiHarness, Client, rich_status
 
-NATIVE_BASE_TOOLS = ["conversation_search", "memory_insert", "memory_replace"]
-HEARTBEAT_BASE_TOOLS = ["conversation_search", "memory_insert", "memory_replace", "send_message"]
+NATIVE_BASE_TOOLS = [
+    "archival_memory_insert",
+    "archival_memory_search",
+    "conversation_search",
+    "memory_insert",
+    "memory_replace",
+]
+HEARTBEAT_BASE_TOOLS = [*NATIVE_BASE_TOOLS, "send_message"]
 AGENT_ID = re.compile(r"agent-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 DEFAULT_BLOCK_LIMIT = 100_000
 
@@ -423,7 +429,7 @@ async def test_create_agent_attaches_existing_blocks_and_tools(api: ApiHarness) 
     assert await agent_tool_names(api.org_a, created.name) == sorted(
         ["echo", "shout", *NATIVE_BASE_TOOLS]
     )
-    assert len(created.tools) == len(set(created.tools)) == 5
+    assert len(created.tools) == len(set(created.tools)) == 2 + len(NATIVE_BASE_TOOLS)
     block = await api.org_a.blocks.GetBlock(block_service_pb2.GetBlockRequest(name=shared.name))
     assert list(block.agents) == [created.name]
 

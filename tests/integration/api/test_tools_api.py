@@ -698,13 +698,22 @@ async def test_base_tools_exist_once_per_organization(api: ApiHarness) -> None:
     first = await api.org_a.agents.CreateAgent(request)
     second = await api.org_a.agents.CreateAgent(request)
 
-    expected = ["conversation_search", "memory_insert", "memory_replace", "send_message"]
+    expected = [
+        "archival_memory_insert",
+        "archival_memory_search",
+        "conversation_search",
+        "memory_insert",
+        "memory_replace",
+        "send_message",
+    ]
     assert await tool_names(api.org_a) == expected
-    assert len(first.tools) == 4
+    assert len(first.tools) == 6
     assert sorted(first.tools) == sorted(second.tools)
     listed = await api.org_a.tools.ListTools(tool_service_pb2.ListToolsRequest())
     kinds = {tool.tool_name: tool.tool_type for tool in listed.tools}
     assert kinds == {
+        "archival_memory_insert": tool_pb2.TOOL_TYPE_MEMORY,
+        "archival_memory_search": tool_pb2.TOOL_TYPE_MEMORY,
         "conversation_search": tool_pb2.TOOL_TYPE_MEMORY,
         "memory_insert": tool_pb2.TOOL_TYPE_MEMORY,
         "memory_replace": tool_pb2.TOOL_TYPE_MEMORY,

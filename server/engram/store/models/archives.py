@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engram.store.ids import IdPrefix
@@ -26,6 +26,10 @@ class Archive(PrefixedId, Timestamped, OrganizationScoped, Base):
     kind: Mapped[str] = mapped_column(
         String(16), nullable=False, default="agent", server_default="agent"
     )
+    # Bumped on every update; exposed as the etag for optimistic concurrency.
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
+
+    __mapper_args__ = {"version_id_col": version}
 
 
 class ArchiveAgent(OrganizationScoped, Base):
@@ -40,6 +44,17 @@ class ArchiveAgent(OrganizationScoped, Base):
         String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     is_default: Mapped[bool] = mapped_column(nullable=False, default=False)
+
+    # At most one default archive per agent, even when two first inserts race.
+    __table_args__ = (
+        Index(
+            "uq_archive_agents_default",
+            "agent_id",
+            unique=True,
+            sqlite_where=is_default == true(),
+            postgresql_where=is_default == true(),
+        ),
+    )
 
 
 class Passage(PrefixedId, Timestamped, OrganizationScoped, Base):
