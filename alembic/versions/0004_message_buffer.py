@@ -31,5 +31,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("agents") as batch:
-        batch.drop_column("context_start_sequence")
+    # In place on SQLite too (3.35+): a batch copy would drop ``agents``, and with
+    # foreign keys on that deletes every message, run and link by cascade.
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE agents DROP COLUMN context_start_sequence")
+    else:
+        op.drop_column("agents", "context_start_sequence")

@@ -45,5 +45,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index(DEFAULT_INDEX, table_name="archive_agents")
-    with op.batch_alter_table("archives") as batch:
-        batch.drop_column("version")
+    if op.get_bind().dialect.name == "sqlite":
+        # In place (SQLite 3.35+): a batch copy would drop ``archives``, and with
+        # foreign keys on that deletes every passage and link by cascade.
+        op.execute("ALTER TABLE archives DROP COLUMN version")
+    else:
+        op.drop_column("archives", "version")

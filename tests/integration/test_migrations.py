@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from engram.config.database_choice import choose_database
 from engram.config.settings import Settings
@@ -142,3 +143,66 @@ def test_cli_db_check_reports_drift(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "unmigrated" in result.stderr
+
+
+async def test_downgrades_keep_the_rows_of_tables_they_keep(settings: Settings) -> None:
+    """Every downgrade step leaves agents, messages and passages where it found them.
+
+    On SQLite a batch "drop column" recreates the table; with foreign keys on,
+    dropping the old table deletes every child row by cascade.  Downgrades must
+    drop columns in place instead.
+    """
+    from engram.services.admin import ensure_default_identity
+    from engram.services.agents import AgentService, NewAgent
+    from engram.store.database import Database
+    from engram.store.models import Archive, Message, Passage
+
+    choice = choose_database(settings)
+    database = Database(create_engine(choice, settings), choice)
+    try:
+        caller = await ensure_default_identity(database)
+        view = await AgentService(database).create(
+            caller,
+            NewAgent(
+                values={"display_name": "kept", "agent_type": "native", "model": "openai/m"},
+                memory_blocks=[{"label": "human", "value": "Ada", "limit": 100}],
+                tool_names=[],
+                include_base_tools=False,
+            ),
+            request_id="",
+        )
+        async with database.transaction(caller.organization_id) as session:
+            session.add(
+                Message(
+                    agent_id=view.agent.id,
+                    sequence_id=1,
+                    role="user",
+                    content=[{"type": "text", "text": "hello"}],
+                    text="hello",
+                )
+            )
+            archive = Archive(name="a")
+            session.add(archive)
+            await session.flush()
+            session.add(
+                Passage(archive_id=archive.id, text="p", embedding=[1.0, 0.0], embedding_dim=2)
+            )
+
+        def counts(connection: Any) -> dict[str, int]:
+            present = set(inspect(connection).get_table_names())
+            return {
+                table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                for table in ("agents", "messages", "passages", "agent_blocks")
+                if table in present
+            }
+
+        async with database.engine.connect() as connection:
+            before = await connection.run_sync(counts)
+        assert before == {"agents": 1, "messages": 1, "passages": 1, "agent_blocks": 1}
+        await database.engine.dispose()
+        await downgrade(database.engine, "0003_idempotency_keys")
+        async with database.engine.connect() as connection:
+            after = await connection.run_sync(counts)
+        assert after == before
+    finally:
+        await database.dispose()
