@@ -357,13 +357,20 @@ async def test_the_context_window_reports_tiktoken_counts_for_an_openai_agent(
 # --- compaction triggers on real counts ---------------------------------------------------
 
 
+@pytest.fixture(params=[0.9, 0.6], ids=["default-trigger", "trigger-0.6"])
+def trigger(request: pytest.FixtureRequest) -> float:
+    """The compaction trigger (ENGRAM_COMPACTION_TRIGGER_FRACTION): the default, and another."""
+    return float(request.param)
+
+
 @pytest.fixture
 async def service(
-    database: Database, fake_provider: FakeProvider
+    database: Database, fake_provider: FakeProvider, trigger: float
 ) -> AsyncIterator[tuple[MessageService, AgentService]]:
     registry = fake_registry(fake_provider)
     try:
-        yield MessageService(database, registry), AgentService(database)
+        service = MessageService(database, registry, compaction_trigger=trigger)
+        yield service, AgentService(database)
     finally:
         await registry.close()
 
@@ -405,11 +412,12 @@ def chat_requests(fake: FakeProvider) -> list[dict[str, Any]]:
     return [r.body for r in fake.requests if r.body is not None]
 
 
-async def test_compaction_triggers_at_ninety_percent_of_the_real_count(
+async def test_compaction_triggers_at_the_configured_fraction_of_the_real_count(
     service: tuple[MessageService, AgentService],
     database: Database,
     fake_provider: FakeProvider,
     reference: dict[str, Any],
+    trigger: float,
 ) -> None:
     messages, agents = service
     caller = await ensure_default_identity(database)
@@ -452,7 +460,8 @@ async def test_compaction_triggers_at_ninety_percent_of_the_real_count(
 
     # At exactly the threshold, nothing happens...
     expected = wire_count(reference, next_call(first, f"Noted: {wordy}", "Second question?"))
-    [second] = await turn("Second question?", "Second answer.", window_with_threshold(expected))
+    window = window_with_threshold(expected, trigger)
+    [second] = await turn("Second question?", "Second answer.", window)
     assert second["messages"][0]["content"] != INSTRUCTIONS
     assert wire_count(reference, second) == expected  # the prediction was exact
 
@@ -460,7 +469,7 @@ async def test_compaction_triggers_at_ninety_percent_of_the_real_count(
     expected = wire_count(reference, next_call(second, "Second answer.", "Third question?"))
     fake_provider.script(Reply(text="Ada asked two questions."))
     summary_request, answered = await turn(
-        "Third question?", "Third answer.", window_with_threshold(expected - 1)
+        "Third question?", "Third answer.", window_with_threshold(expected - 1, trigger)
     )
     assert summary_request["messages"][0]["content"] == INSTRUCTIONS
     assert answered["messages"][1]["content"].endswith("Ada asked two questions.")

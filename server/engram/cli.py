@@ -168,6 +168,7 @@ async def _serve(args: argparse.Namespace) -> int:
             authenticator,
             providers,
             keyring=storage.keyring,
+            compaction_trigger=settings.compaction_trigger_fraction,
             embeddings=EmbeddingRegistry.from_settings(settings, os.environ),
         )
         services.start()

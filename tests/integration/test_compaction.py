@@ -8,6 +8,7 @@ shrunk, so each test decides when compaction happens.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -425,3 +426,31 @@ async def test_the_summary_is_clipped_and_asked_for_without_tools(
     assert "[user] Find my notes" in prompt
     assert '[assistant called conversation_search] {"query": "notes"}' in prompt
     assert "[result of conversation_search] " + "y" * 5_000 + "\n[result cut to 5000" in prompt
+
+
+async def test_the_summary_call_gets_only_what_is_left_of_the_callers_deadline(
+    world: World,
+) -> None:
+    agent_id = await make_agent(world)
+    await build_history(world, agent_id)
+    await set_window(world, agent_id, SPLIT_TEMPTING_WINDOW)
+    calls_before = len(bodies(world.fake))
+    # The summary would come after 5 s, the caller gives up after 1 s: the summary call
+    # must be cut at the caller's deadline, not run on for its own 300 s limit.
+    world.fake.script(Reply(text="A summary, too late.", delay=5), Reply(text="Yes."))
+
+    outcome: list[RunEvent] | Exception
+    try:
+        outcome = [
+            event
+            async for event in world.service.send(
+                world.caller, agent_id, "Are you still there?", deadline=time.monotonic() + 1
+            )
+        ]
+    except Exception as error:  # how the deadline surfaces is not this test's concern
+        outcome = error
+
+    if isinstance(outcome, list):
+        assert stop_reason(outcome) is not StopReason.END_TURN
+    [summary_request] = bodies(world.fake)[calls_before:]  # the turn never got to its call
+    assert is_summary_request(summary_request)

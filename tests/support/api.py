@@ -145,6 +145,7 @@ async def running_api(
         authenticator,
         providers or ProviderRegistry({}),
         keyring=keyring,
+        compaction_trigger=settings.compaction_trigger_fraction,
         embeddings=embeddings,
     )
     services.start()

@@ -136,6 +136,16 @@ class Settings(BaseSettings):
             "milliseconds are merged into one event; 0 sends every piece as it comes."
         ),
     )
+    compaction_trigger_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        validation_alias=env("COMPACTION_TRIGGER_FRACTION", legacy=False),
+        description=(
+            "An agent's oldest messages are summarized when its next call's context would "
+            "pass this fraction of the context window."
+        ),
+    )
     health_check_interval_seconds: float = Field(
         5.0,
         ge=0,

@@ -24,6 +24,7 @@ from engram.services.message_search import MessageSearchService
 from engram.services.messages import MessageService
 from engram.services.passages import PassageService
 from engram.services.providers import ProviderService
+from engram.services.runtime.compaction import DEFAULT_TRIGGER_FRACTION
 from engram.services.sources import SourceService
 from engram.services.tools import ToolService
 from engram.store.database import Database
@@ -55,6 +56,7 @@ class Services:
         providers: ProviderRegistry,
         *,
         keyring: KeyRing | None = None,
+        compaction_trigger: float = DEFAULT_TRIGGER_FRACTION,
         embeddings: EmbeddingRegistry | None = None,
     ) -> Services:
         """The services over ``database``; ``providers`` are the environment's.
@@ -75,13 +77,19 @@ class Services:
             tools=ToolService(database),
             admin=AdminService(database),
             # Turns resolve model handles against the organization's providers first.
-            messages=MessageService(database, runtime_providers, archival=passages),
+            messages=MessageService(
+                database,
+                runtime_providers,
+                compaction_trigger=compaction_trigger,
+                archival=passages,
+            ),
             message_search=MessageSearchService(database),
             providers=providers,
             runtime_providers=runtime_providers,
             embeddings=embeddings,
             archives=ArchiveService(database, embeddings),
             passages=passages,
+            # Ingestion shares the passages' vector indexes (one set per process).
             sources=SourceService(database, embeddings, passages.indexes),
         )
 

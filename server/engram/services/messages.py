@@ -68,6 +68,7 @@ from engram.services.pagination import (
 from engram.services.passages import ARCHIVAL_TOOLS, PassageService, run_archival_tool
 from engram.services.runtime.buffer_cache import BufferCache
 from engram.services.runtime.compaction import (
+    DEFAULT_TRIGGER_FRACTION,
     BufferEntry,
     EntryRole,
     SystemPromptTooLargeError,
@@ -100,6 +101,7 @@ from engram.services.runtime.turn import (
     TurnSettings,
     package_return,
     run_turn,
+    time_left_for_call,
 )
 from engram.store.database import Database
 from engram.store.errors import OrganizationScopeError
@@ -200,12 +202,15 @@ class MessageService:
         database: Database,
         providers: ModelResolver,
         *,
+        compaction_trigger: float = DEFAULT_TRIGGER_FRACTION,
         archival: PassageService | None = None,
     ) -> None:
         self.database = database
         self.providers = providers
         # Runs the archival memory tools; without it they answer that it is missing.
         self.archival = archival
+        # Compact when the next call's context passes this fraction of the window.
+        self.compaction_trigger = compaction_trigger
         # Agents with a turn in progress in this process.  Only ever try-acquired,
         # so no task waits on one and an entry can go as soon as it is released.
         self._turn_locks: dict[str, asyncio.Lock] = {}
@@ -467,6 +472,7 @@ class MessageService:
             provider,
             settings.model,
             context,
+            self.compaction_trigger,
         )
         turn = Turn(
             settings=settings,
@@ -870,6 +876,12 @@ class ContextOverview:
             + self.messages_tokens
             + self.tool_definitions_tokens
         )
+
+
+def _summary_timeout(deadline: float | None) -> float:
+    """How long the summary call may take: its own limit, or less under a deadline."""
+    left = time_left_for_call(deadline)
+    return SUMMARY_TIMEOUT_SECONDS if left is None else min(SUMMARY_TIMEOUT_SECONDS, left)
 
 
 def _is_summary_message(message: ChatMessage) -> bool:
@@ -1555,13 +1567,14 @@ class _Compactor:
     provider: LLMProvider
     model: str
     context: _AgentContext
+    trigger_fraction: float = DEFAULT_TRIGGER_FRACTION
 
     async def before_step(self, turn: Turn) -> None:
         """Compact first when the coming call would pass the threshold of the window."""
         counter = await default_counters().for_model(self.context.model)
         count = default_message_tokens().count_context
         tokens = await asyncio.to_thread(count, counter, turn.history, _specs(turn.tools))
-        if needs_compaction(tokens, self.context.window):
+        if needs_compaction(tokens, self.context.window, self.trigger_fraction):
             await self._compact_turn(turn)
 
     async def on_overflow(self, turn: Turn) -> bool:
@@ -1569,16 +1582,21 @@ class _Compactor:
         return await self._compact_turn(turn)
 
     async def _compact_turn(self, turn: Turn) -> bool:
-        buffer = await self.compact(turn.history[0], _specs(turn.tools))
+        buffer = await self.compact(
+            turn.history[0], _specs(turn.tools), deadline=turn.settings.deadline
+        )
         if buffer is None:
             return False
         turn.history[1:] = buffer
         return True
 
     async def compact(
-        self, system: ChatMessage, tools: Sequence[ToolSpec]
+        self, system: ChatMessage, tools: Sequence[ToolSpec], *, deadline: float | None = None
     ) -> list[ChatMessage] | None:
         """Summarize what the plan evicts and store it; the new buffer, or None if unchanged.
+
+        ``deadline`` (``time.monotonic()`` seconds) is the caller's: the
+        summary call gets what is left of it, like the turn's own calls.
 
         Raises :class:`SystemPromptTooLargeError` when the system message and
         the tool schemas alone fill the window.
@@ -1598,7 +1616,7 @@ class _Compactor:
             self.model,
             [_chat_message(row) for row in evicted],
             previous,
-            SUMMARY_TIMEOUT_SECONDS,
+            _summary_timeout(deadline),
         )
         stored = await self._store(summary, kept, last)
         return [stored, *(_chat_message(row) for row in kept)]

@@ -30,6 +30,7 @@ from engram.secrets import KeyRing
 from engram.store.engine import create_engine
 from engram.store.message_search import is_search_index_object
 from engram.store.models import Base
+from engram.store.passage_search import is_managed_vector_object
 from engram.store.sqlite import WRITE_OPTION
 
 
@@ -69,9 +70,11 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """Leave out of comparisons what the models do not describe on purpose.
 
     The full-text search index of messages is engine-specific SQL in a
-    migration (see :mod:`engram.store.message_search`), not a model.
+    migration (see :mod:`engram.store.message_search`), not a model; the
+    per-dimension vector indexes are created at run time for the widths in
+    use (see :mod:`engram.store.passage_search`).
     """
-    return not is_search_index_object(name, type_)
+    return not (is_search_index_object(name, type_) or is_managed_vector_object(name))
 
 
 @contextlib.asynccontextmanager

@@ -447,7 +447,7 @@ DEADLINE_MARGIN_SECONDS = 0.25
 MIN_CALL_SECONDS = 0.05
 
 
-def _time_left(deadline: float | None) -> float | None:
+def time_left_for_call(deadline: float | None) -> float | None:
     """Seconds a provider call may take under ``deadline`` (None: no deadline)."""
     if deadline is None:
         return None
@@ -458,7 +458,7 @@ async def _call_model(turn: Turn, message_id: str) -> AsyncIterator[TurnEvent | 
     specs, choice = _offered_tools(turn)
     settings = turn.settings
     request = ChatRequest(
-        timeout=_time_left(settings.deadline),
+        timeout=time_left_for_call(settings.deadline),
         model=settings.model,
         messages=list(turn.history),
         tools=specs,
