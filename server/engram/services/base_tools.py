@@ -19,6 +19,10 @@ from engram.store.models import Tool
 CORE = "core"
 MEMORY = "memory"
 
+# The file tools' limits (engram.services.file_tools imports this module, so they live here).
+MAX_OPEN_FILES = 5
+GREP_PAGE_SIZE = 20
+
 
 @dataclass(frozen=True)
 class BaseTool:
@@ -173,6 +177,85 @@ BASE_TOOLS: dict[str, BaseTool] = {
             MEMORY,
             "Say that memory editing is done for now.",
             _params([]),
+        ),
+        # The file tools (engram.services.file_tools): agents get them with their first source.
+        BaseTool(
+            "open_files",
+            CORE,
+            "Open files of your data sources so that their lines stay in your system message "
+            f"until closed (at most {MAX_OPEN_FILES} at once: opening more closes the ones "
+            "opened longest ago). Also closes files.",
+            _params(
+                [],
+                file_requests={
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "file_name": {
+                                **_STR,
+                                "description": "The file, as <source>/<file> (or just <file> "
+                                "when no other attached file has that name).",
+                            },
+                            "offset": {
+                                "type": "integer",
+                                "description": "Lines to skip from the top (default 0).",
+                            },
+                            "length": {
+                                "type": "integer",
+                                "description": "Lines to show (default: as many as fit).",
+                            },
+                        },
+                        "required": ["file_name"],
+                    },
+                    "description": "The files to open and which of their lines to show.",
+                },
+                close={
+                    "type": "array",
+                    "items": _STR,
+                    "description": "Files to close.",
+                },
+                close_all_others={
+                    "type": "boolean",
+                    "description": "Close every file not named in file_requests (default false).",
+                },
+            ),
+        ),
+        BaseTool(
+            "grep_files",
+            CORE,
+            "Find the lines of your data sources' files that match a regular expression, "
+            f"{GREP_PAGE_SIZE} at a time, each with the lines around it.",
+            _params(
+                ["pattern"],
+                pattern={**_STR, "description": "A regular expression (Python syntax)."},
+                include={
+                    **_STR,
+                    "description": "Only files whose name matches this pattern, e.g. '*.md'.",
+                },
+                context_lines={
+                    "type": "integer",
+                    "description": "Lines shown before and after each match (default 1).",
+                },
+                offset={
+                    "type": "integer",
+                    "description": "Skip this many matching lines (to see the next page).",
+                },
+            ),
+        ),
+        BaseTool(
+            "semantic_search_files",
+            CORE,
+            "Find the passages of your data sources' files closest in meaning to a query, "
+            "best first, with the file and lines each comes from.",
+            _params(
+                ["query"],
+                query={**_STR, "description": "What you are looking for, in plain words."},
+                limit={
+                    "type": "integer",
+                    "description": "At most this many passages (default 5).",
+                },
+            ),
         ),
     )
 }

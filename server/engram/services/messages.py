@@ -56,6 +56,7 @@ from engram.services.blocks import new_block
 from engram.services.caller import Caller
 from engram.services.common import load
 from engram.services.errors import FailedPreconditionError, InvalidArgumentError
+from engram.services.file_tools import FILE_TOOLS, OPEN_FILES, FileToolService, files_section
 from engram.services.message_search import conversation_search
 from engram.services.pagination import (
     InvalidPageTokenError,
@@ -148,6 +149,7 @@ ABANDONED_AFTER = timedelta(minutes=30)
 CONVERSATION_SEARCH = "conversation_search"
 CUSTOM_TOOL_UNAVAILABLE = "custom tools cannot run yet on this server"
 ARCHIVAL_MEMORY_UNAVAILABLE = "archival memory is not available on this server"
+FILE_TOOLS_UNAVAILABLE = "file tools are not available on this server"
 UNANSWERED_CALL_NOTICE = "Not run: the user sent a new message before this call was approved."
 
 # Compaction.  The window of an agent without a context_window_limit (the
@@ -209,6 +211,8 @@ class MessageService:
         self.providers = providers
         # Runs the archival memory tools; without it they answer that it is missing.
         self.archival = archival
+        # Runs the file tools; they search with the archival passages' embeddings.
+        self.files = FileToolService(database, archival) if archival is not None else None
         # Compact when the next call's context passes this fraction of the window.
         self.compaction_trigger = compaction_trigger
         # Agents with a turn in progress in this process.  Only ever try-acquired,
@@ -509,6 +513,15 @@ class MessageService:
                 return await run_archival_tool(
                     self.archival, organization_id, recorder.agent_id, name, arguments
                 )
+            if name in FILE_TOOLS:
+                if self.files is None:
+                    return ToolOutcome(FILE_TOOLS_UNAVAILABLE, ok=False)
+                outcome = await self.files.run(organization_id, recorder.agent_id, name, arguments)
+                if name == OPEN_FILES and outcome.ok:
+                    recorder.show_files(
+                        await self.files.section(organization_id, recorder.agent_id)
+                    )
+                return outcome
             return ToolOutcome(CUSTOM_TOOL_UNAVAILABLE, ok=False)
 
         return run_tool
@@ -839,6 +852,8 @@ class _SystemPrompt:
     recall_messages: int
     archival_passages: int
     last_memory_change: datetime | None
+    # The attached files and the open ones' lines (file_tools.files_section).
+    files: str = ""
 
     def compile(self, memory: CoreMemory) -> ChatMessage:
         statistics = render_memory_statistics(
@@ -846,7 +861,9 @@ class _SystemPrompt:
             archival_passages=self.archival_passages,
             last_memory_change=self.last_memory_change,
         )
-        text = compile_system_message(self.prompt, memory, self.rule_lines, statistics)
+        text = compile_system_message(
+            self.prompt, memory, self.rule_lines, statistics, files=self.files
+        )
         return ChatMessage(Role.SYSTEM, text)
 
 
@@ -989,6 +1006,7 @@ async def _read_context(
             recall_messages=recall,
             archival_passages=passages,
             last_memory_change=max((block.updated_at for block in blocks), default=None),
+            files=await files_section(session, agent_id),
         ),
         window=agent.context_window_limit or DEFAULT_CONTEXT_WINDOW,
         buffer_start=start,
@@ -1308,6 +1326,13 @@ class _TurnRecorder:
 
     def attach(self, turn: Turn, context: _AgentContext) -> None:
         self._turn, self._system, self._context = turn, context.system, context
+
+    def show_files(self, section: str) -> None:
+        """Files were opened or closed: the next step's system message shows them as they are."""
+        if self._turn is None or self._system is None:
+            return
+        self._system.files = section
+        self._turn.history[0] = self._system.compile(self._turn.memory)
 
     async def observe(self, event: TurnEvent) -> None:
         """Checkpoint when a step is over: the next one starts, or the turn ends."""

@@ -23,6 +23,7 @@ from engram.adapters.embeddings.registry import EmbeddingRegistry
 from engram.services.caller import Caller
 from engram.services.common import check_etag, load
 from engram.services.errors import FieldViolation, InvalidArgumentError
+from engram.services.file_tools import forget_source_files, give_file_tools
 from engram.services.idempotency import check_request_id, create_once
 from engram.services.ingestion import media_types
 from engram.services.ingestion.runner import IngestionOptions, IngestionRunner
@@ -245,9 +246,16 @@ class SourceService:
                     )
                 ).all()
             )
+            agent_ids = (
+                await session.scalars(
+                    select(SourceAgent.agent_id).where(SourceAgent.source_id == source_id)
+                )
+            ).all()
             archive_id = source.archive_id
             await session.execute(delete(Source).where(Source.id == source_id))
             await session.execute(delete(Archive).where(Archive.id == archive_id))
+            for agent_id in agent_ids:  # as if detached: agents left without files lose the tools
+                await forget_source_files(session, agent_id, source_id)
             return file_ids
 
         file_ids = await self.database.run_transaction(work, caller.organization_id)
@@ -260,6 +268,8 @@ class SourceService:
             linked = await session.get(SourceAgent, (source_id, agent_id))
             if linked is None:
                 session.add(SourceAgent(source_id=source_id, agent_id=agent_id))
+                # An agent with files gets the tools that read them.
+                await give_file_tools(session, agent_id)
 
         await self.database.run_transaction(work, caller.organization_id)
         return await self.get(caller, source_id)
@@ -273,6 +283,7 @@ class SourceService:
                     SourceAgent.source_id == source_id, SourceAgent.agent_id == agent_id
                 )
             )
+            await forget_source_files(session, agent_id, source_id)
 
         await self.database.run_transaction(work, caller.organization_id)
         return await self.get(caller, source_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from engram.services.runtime.core_memory import LINE_NUMBER_NOTICE, CoreMemory, MemoryBlockState
@@ -113,18 +114,94 @@ def compile_system_message(
     statistics: str,
     *,
     line_numbers: bool = False,
+    files: str = "",
 ) -> str:
-    """The whole system message: the prompt with the memory, tool rules and statistics.
+    """The whole system message: the prompt with the memory, tool rules, statistics and files.
 
-    As in the reference, the three sections together replace every
+    As in the reference, the sections together replace every
     ``{CORE_MEMORY}`` in the prompt, or follow the prompt after a blank line
-    when it has none.  Empty sections (no tool rules, no statistics) are
-    left out rather than rendered as empty markup.
+    when it has none.  Empty sections (no tool rules, no statistics, no
+    attached files) are left out rather than rendered as empty markup.
     """
     sections = [render_core_memory(memory, line_numbers=line_numbers)]
-    sections += [text for text in (render_tool_rules(tool_rule_lines), statistics) if text]
+    optional = (render_tool_rules(tool_rule_lines), statistics, files)
+    sections += [text for text in optional if text]
     memory_text = "\n\n".join(sections)
     if CORE_MEMORY_PLACEHOLDER in system_prompt:
         return system_prompt.replace(CORE_MEMORY_PLACEHOLDER, memory_text)
     prompt = system_prompt.rstrip()
     return f"{prompt}\n\n{memory_text}" if prompt else memory_text
+
+
+# --- files of attached data sources ---------------------------------------------------------
+
+_FILES_INTRO = (
+    "Files of the data sources attached to you. Open a file with open_files to see its "
+    "lines here (numbered; the numbers are not part of the file); grep_files and "
+    "semantic_search_files search every file listed."
+)
+
+
+@dataclass(frozen=True)
+class FileWindow:
+    """The lines of an open file in view: ``lines`` start at line ``first_line`` (1-based)."""
+
+    first_line: int
+    lines: tuple[str, ...]
+    total_lines: int
+    cut: bool  # the window stops early at the per-file character limit
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of an attached source as the prompt lists it; ``window`` is set when open."""
+
+    name: str  # "<source>/<file>"
+    ready: bool  # its text is extracted: it can be opened and searched by text
+    window: FileWindow | None = None
+
+
+def render_files(files: Sequence[FileEntry], *, more: int = 0) -> str:
+    """The attached files, open or closed, then each open file's lines in view.
+
+    Empty when the agent has no attached file.  ``more`` counts files left
+    out of the list (the list has a cap); they can still be opened by name.
+    """
+    if not files and not more:
+        return ""
+    lines = ["<files>", _FILES_INTRO]
+    lines += [f"- {entry.name} ({_file_state(entry)})" for entry in files]
+    if more:
+        lines.append(f"- ... and {more} more")
+    for entry in files:
+        if entry.window is not None:
+            lines += _render_window(entry.name, entry.window)
+    lines.append("</files>")
+    return "\n".join(lines)
+
+
+def _file_state(entry: FileEntry) -> str:
+    if entry.window is not None:
+        return f"open, {_line_range(entry.window)}"
+    return "closed" if entry.ready else "not ready yet"
+
+
+def _line_range(window: FileWindow) -> str:
+    if not window.lines:
+        return f"no lines in view of {window.total_lines}"
+    last = window.first_line + len(window.lines) - 1
+    return f"lines {window.first_line}-{last} of {window.total_lines}"
+
+
+def _render_window(name: str, window: FileWindow) -> list[str]:
+    numbered = [
+        f"{number}→ {line}" for number, line in enumerate(window.lines, start=window.first_line)
+    ]
+    tail = ["(the view stops here: the character limit per open file was reached)"]
+    return [
+        f"<open_file name={json.dumps(name, ensure_ascii=False)}>",
+        f"{_line_range(window)}:",
+        *numbered,
+        *(tail if window.cut else []),
+        "</open_file>",
+    ]

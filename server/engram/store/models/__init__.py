@@ -4,6 +4,7 @@ from engram.store.models.agents import Agent, AgentBlock, AgentTag, AgentTool
 from engram.store.models.archives import Archive, ArchiveAgent, Passage
 from engram.store.models.base import Base, OrganizationScoped
 from engram.store.models.blocks import Block
+from engram.store.models.file_views import FileView
 from engram.store.models.idempotency import IdempotencyKey
 from engram.store.models.messages import Message
 from engram.store.models.runs import Run, Step
@@ -24,6 +25,7 @@ __all__ = [
     "Base",
     "Block",
     "FileContent",
+    "FileView",
     "IdempotencyKey",
     "Message",
     "Organization",
