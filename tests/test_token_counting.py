@@ -347,6 +347,7 @@ async def test_the_context_window_reports_tiktoken_counts_for_an_openai_agent(
                 window.core_memory_tokens,
                 window.tool_rules_tokens,
                 window.memory_statistics_tokens,
+                window.files_tokens,
                 window.summary_tokens,
                 window.messages_tokens,
                 window.tool_definitions_tokens,

@@ -493,6 +493,7 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
             summary_tokens=overview.summary_tokens,
             messages_tokens=overview.messages_tokens,
             tool_definitions_tokens=overview.tool_definitions_tokens,
+            files_tokens=overview.files_tokens,
             message_count=overview.message_count,
             system_message=overview.system_message,
         )

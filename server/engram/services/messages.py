@@ -598,6 +598,7 @@ class MessageService:
                 core_memory_tokens=count(render_core_memory(context.memory)),
                 tool_rules_tokens=count(render_tool_rules(system.rule_lines)),
                 memory_statistics_tokens=count(statistics),
+                files_tokens=count(system.files),
                 summary_tokens=sum(count_message(counter, m) for m in summary),
                 messages_tokens=sum(count_message(counter, m) for m in messages),
                 tool_definitions_tokens=count_tools(counter, _specs(context.tools)),
@@ -876,6 +877,7 @@ class ContextOverview:
     core_memory_tokens: int
     tool_rules_tokens: int
     memory_statistics_tokens: int
+    files_tokens: int
     summary_tokens: int
     messages_tokens: int
     tool_definitions_tokens: int
@@ -889,6 +891,7 @@ class ContextOverview:
             + self.core_memory_tokens
             + self.tool_rules_tokens
             + self.memory_statistics_tokens
+            + self.files_tokens
             + self.summary_tokens
             + self.messages_tokens
             + self.tool_definitions_tokens

@@ -291,12 +291,11 @@ async def _nearest_sqlite(session: AsyncSession, query: NearestQuery) -> list[Sc
 async def _sqlite_candidates(
     session: AsyncSession, table: str, query: NearestQuery, k: int
 ) -> dict[str, float]:
-    conditions = ["embedding MATCH :probe", "k = :k", "embedding_model = :model"]
-    params: dict[str, Any] = {
-        "probe": pack_float32(query.embedding),
-        "k": min(k, SQLITE_VEC_MAX_K),
-        "model": query.model,
-    }
+    # No filter on the model here: an archive holds one model's vectors, so the
+    # archive partition already selects them, and a metadata filter doubles the
+    # scan's cost.  The model is checked again when the rows are loaded.
+    conditions = ["embedding MATCH :probe", "k = :k"]
+    params: dict[str, Any] = {"probe": pack_float32(query.embedding), "k": min(k, SQLITE_VEC_MAX_K)}
     archive_names = []
     for number, archive_id in enumerate(sorted(set(query.archive_ids))):
         archive_names.append(f":archive_{number}")
@@ -316,10 +315,12 @@ async def _sqlite_candidates(
 async def _load_filtered(
     session: AsyncSession, query: NearestQuery, candidates: dict[str, float]
 ) -> list[ScoredPassage]:
-    """The candidates that exist in the caller's organization and pass the tag filter."""
+    """The candidates of the query's model, in the caller's organization, with its tags."""
     if not candidates:
         return []
-    statement = select(Passage).where(Passage.id.in_(list(candidates)))
+    statement = select(Passage).where(
+        Passage.id.in_(list(candidates)), Passage.embedding_model == query.model
+    )
     statement = statement.options(defer(Passage.embedding))
     statement = _tag_filtered(statement, query, "sqlite")
     passages = (await session.scalars(statement)).all()

@@ -294,7 +294,7 @@ class GetContextWindowRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ContextWindow(_message.Message):
-    __slots__ = ("name", "limit", "total_tokens", "system_prompt_tokens", "core_memory_tokens", "tool_rules_tokens", "memory_statistics_tokens", "summary_tokens", "messages_tokens", "tool_definitions_tokens", "message_count", "system_message")
+    __slots__ = ("name", "limit", "total_tokens", "system_prompt_tokens", "core_memory_tokens", "tool_rules_tokens", "memory_statistics_tokens", "summary_tokens", "messages_tokens", "tool_definitions_tokens", "message_count", "system_message", "files_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +307,7 @@ class ContextWindow(_message.Message):
     TOOL_DEFINITIONS_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     limit: int
     total_tokens: int
@@ -319,4 +320,5 @@ class ContextWindow(_message.Message):
     tool_definitions_tokens: int
     message_count: int
     system_message: str
-    def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ..., total_tokens: _Optional[int] = ..., system_prompt_tokens: _Optional[int] = ..., core_memory_tokens: _Optional[int] = ..., tool_rules_tokens: _Optional[int] = ..., memory_statistics_tokens: _Optional[int] = ..., summary_tokens: _Optional[int] = ..., messages_tokens: _Optional[int] = ..., tool_definitions_tokens: _Optional[int] = ..., message_count: _Optional[int] = ..., system_message: _Optional[str] = ...) -> None: ...
+    files_tokens: int
+    def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ..., total_tokens: _Optional[int] = ..., system_prompt_tokens: _Optional[int] = ..., core_memory_tokens: _Optional[int] = ..., tool_rules_tokens: _Optional[int] = ..., memory_statistics_tokens: _Optional[int] = ..., summary_tokens: _Optional[int] = ..., messages_tokens: _Optional[int] = ..., tool_definitions_tokens: _Optional[int] = ..., message_count: _Optional[int] = ..., system_message: _Optional[str] = ..., files_tokens: _Optional[int] = ...) -> None: ...

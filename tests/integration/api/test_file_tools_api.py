@@ -131,11 +131,15 @@ def system_prompts(fake: FakeProvider) -> list[str]:
     return [str(body["messages"][0]["content"]) for body in chat_requests(fake)]
 
 
-async def system_message(client: Client, agent: str) -> str:
-    window = await client.messages.GetContextWindow(
+async def client_window(client: Client, agent: str) -> message_service_pb2.ContextWindow:
+    window: message_service_pb2.ContextWindow = await client.messages.GetContextWindow(
         message_service_pb2.GetContextWindowRequest(name=f"{agent}/contextWindow")
     )
-    return str(window.system_message)
+    return window
+
+
+async def system_message(client: Client, agent: str) -> str:
+    return str((await client_window(client, agent)).system_message)
 
 
 def listed(system: str, name: str) -> str:
@@ -209,6 +213,23 @@ async def test_an_opened_file_is_in_the_next_requests_system_message(
         15,
     ]
 
+    # GetContextWindow counts the files section, and more of it once more lines are open.
+    window = await client_window(chat.org_a, agent)
+    assert window.files_tokens > 0
+    assert window.total_tokens == sum(
+        (
+            window.system_prompt_tokens,
+            window.core_memory_tokens,
+            window.tool_rules_tokens,
+            window.memory_statistics_tokens,
+            window.files_tokens,
+            window.summary_tokens,
+            window.messages_tokens,
+            window.tool_definitions_tokens,
+        )
+    )
+    five_lines = window.files_tokens
+
     # Opened again without a window: the whole (short) file from the top.
     fake_provider.script(
         call("open_files", "o2", file_requests=[{"file_name": "notes.txt"}]),
@@ -219,6 +240,7 @@ async def test_an_opened_file_is_in_the_next_requests_system_message(
     assert numbered_lines(await system_message(chat.org_a, agent), "docs/notes.txt") == list(
         range(1, 31)
     )
+    assert (await client_window(chat.org_a, agent)).files_tokens > five_lines
 
 
 async def test_an_open_file_shows_at_most_the_character_limit(

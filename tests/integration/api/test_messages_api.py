@@ -475,6 +475,7 @@ async def test_the_context_window_is_reported_by_section(
         window.core_memory_tokens,
         window.tool_rules_tokens,
         window.memory_statistics_tokens,
+        window.files_tokens,
         window.summary_tokens,
         window.messages_tokens,
         window.tool_definitions_tokens,
