@@ -48,6 +48,7 @@ from engram.services.runtime.memory_prompt import FileEntry, FileWindow, render_
 from engram.services.runtime.turn import ToolOutcome
 from engram.store.database import Database
 from engram.store.models import (
+    Agent,
     AgentTool,
     Archive,
     FileView,
@@ -243,9 +244,20 @@ async def _texts(session: AsyncSession, file_ids: Sequence[str]) -> dict[str, st
 async def give_file_tools(session: AsyncSession, agent_id: str) -> None:
     """Attach the file tools to the agent (a source was attached to it)."""
     tool_ids = await ensure_base_tools(session, FILE_TOOLS)
+    added = False
     for tool_id in tool_ids.values():
         if await session.get(AgentTool, (agent_id, tool_id)) is None:
             session.add(AgentTool(agent_id=agent_id, tool_id=tool_id))
+            added = True
+    if added:
+        await _touch_agent(session, agent_id)
+
+
+async def _touch_agent(session: AsyncSession, agent_id: str) -> None:
+    """The agent's tools are part of the Agent resource: a change moves its etag."""
+    agent = await session.get(Agent, agent_id)
+    if agent is not None:
+        agent.updated_at = utc_now()  # flushing bumps the version, and with it the etag
 
 
 async def forget_source_files(session: AsyncSession, agent_id: str, source_id: str) -> None:
@@ -259,9 +271,11 @@ async def forget_source_files(session: AsyncSession, agent_id: str, source_id: s
     )
     if left is None:
         tools = select(Tool.id).where(Tool.name.in_(FILE_TOOLS))
-        await session.execute(
+        removed = await session.execute(
             delete(AgentTool).where(AgentTool.agent_id == agent_id, AgentTool.tool_id.in_(tools))
         )
+        if getattr(removed, "rowcount", 0):
+            await _touch_agent(session, agent_id)
 
 
 # --- the tools ------------------------------------------------------------------------------

@@ -482,3 +482,21 @@ async def test_deleting_an_open_file_removes_its_view(
     await chat.org_a.sources.DeleteSource(source_service_pb2.DeleteSourceRequest(name=source.name))
     assert not FILE_TOOL_NAMES & await tool_names(chat.org_a, agent)
     assert "<files>" not in await system_message(chat.org_a, agent)
+
+
+async def test_the_file_tools_coming_and_going_move_the_agents_etag(chat: ApiHarness) -> None:
+    agent = await new_agent(chat.org_a)
+    source = await new_source(chat.org_a, "docs", {"notes.txt": "one line\n"})
+
+    async def etag() -> str:
+        got = await chat.org_a.agents.GetAgent(agent_service_pb2.GetAgentRequest(name=agent))
+        return str(got.etag)
+
+    before = await etag()
+    await attach(chat.org_a, source, agent)
+    attached = await etag()
+    assert attached != before  # the agent's tools changed
+    await chat.org_a.sources.DetachSource(
+        source_service_pb2.DetachSourceRequest(name=source.name, agent=agent)
+    )
+    assert await etag() not in (before, attached)
