@@ -30,10 +30,10 @@ from support.llm import fake_registry
 # Before the first step, in two sessions: the agent read to pick its
 # provider; then one transaction that locks the agent, reads its last
 # sequence number and whether a run is running (one statement), its blocks,
-# tools and passage count, and inserts the run and the user's message.  The
-# buffer is not read when the agent's previous turn ran in this process
-# (see engram.services.runtime.buffer_cache); otherwise it costs one more.
-STATEMENTS_BEFORE_FIRST_STEP = 8
+# tools, passage count and attached files, and inserts the run and the user's
+# message.  The buffer is not read when the agent's previous turn ran in this
+# process (see engram.services.runtime.buffer_cache); otherwise it costs one more.
+STATEMENTS_BEFORE_FIRST_STEP = 9
 # Each step's checkpoint: the step, its messages (one statement for all of
 # them), and the run's update.
 STATEMENTS_PER_STEP = 3
