@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from engram.adapters.embeddings.registry import EmbeddingRegistry
 from engram.adapters.llm.errors import ProviderRejectedRequestError
 from engram.services.caller import Caller
-from engram.services.common import check_etag, load
+from engram.services.common import check_etag, clean_description, clean_display_name, load
 from engram.services.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
 from engram.services.idempotency import create_once
 from engram.services.pagination import created_key, cut_page, oldest_first, page_request
@@ -66,20 +66,10 @@ def validate_archive_fields(values: Mapping[str, Any], *, creating: bool) -> dic
     """Check the archive fields present in ``values``; returns them cleaned."""
     violations: list[FieldViolation] = []
     clean = dict(values)
-    if "display_name" in clean or creating:
-        name = str(clean.get("display_name", "")).strip()
-        if not name:
-            violations.append(FieldViolation("archive.display_name", "is required"))
-        elif len(name) > MAX_DISPLAY_NAME_LENGTH:
-            violations.append(
-                FieldViolation(
-                    "archive.display_name",
-                    f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters",
-                )
-            )
-        clean["display_name"] = name
-    if "description" in clean:
-        clean["description"] = str(clean["description"] or "").replace("\x00", "")
+    clean_display_name(
+        clean, "archive.display_name", MAX_DISPLAY_NAME_LENGTH, violations, creating=creating
+    )
+    clean_description(clean)
     handle = str(clean.get("embedding") or "")
     if handle and (
         len(handle) > MAX_HANDLE_LENGTH or not all(part for part in handle.partition("/")[::2])

@@ -1,12 +1,12 @@
-"""Small rules every resource service shares: etags and loading by id."""
+"""Small rules every resource service shares: etags, loading by id, names and descriptions."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engram.services.errors import EtagMismatchError
+from engram.services.errors import EtagMismatchError, FieldViolation
 from engram.store.errors import NotFoundError
 from engram.store.models import Base
 
@@ -41,3 +41,31 @@ async def load(
     if row is None:
         raise NotFoundError(resource, resource_id)
     return row
+
+
+def clean_display_name(
+    clean: dict[str, Any],
+    field: str,
+    limit: int,
+    violations: list[FieldViolation],
+    *,
+    creating: bool,
+) -> None:
+    """Trim ``clean["display_name"]`` in place; a missing or too long one is a violation.
+
+    Checked when creating (it is required then) or when the update sets it.
+    """
+    if "display_name" not in clean and not creating:
+        return
+    name = str(clean.get("display_name", "")).strip()
+    if not name:
+        violations.append(FieldViolation(field, "is required"))
+    elif len(name) > limit:
+        violations.append(FieldViolation(field, f"must be at most {limit} characters"))
+    clean["display_name"] = name
+
+
+def clean_description(clean: dict[str, Any]) -> None:
+    """A description is free text, but never with NUL characters (PostgreSQL refuses them)."""
+    if "description" in clean:
+        clean["description"] = str(clean["description"] or "").replace("\x00", "")

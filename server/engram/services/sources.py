@@ -21,7 +21,7 @@ from sqlalchemy.orm import defer
 
 from engram.adapters.embeddings.registry import EmbeddingRegistry
 from engram.services.caller import Caller
-from engram.services.common import check_etag, load
+from engram.services.common import check_etag, clean_description, clean_display_name, load
 from engram.services.errors import FieldViolation, InvalidArgumentError
 from engram.services.file_tools import forget_source_files, give_file_tools
 from engram.services.idempotency import check_request_id, create_once
@@ -80,19 +80,8 @@ class UploadHeader:
 def validate_source_fields(values: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     violations: list[FieldViolation] = []
     clean = dict(values)
-    if "display_name" in clean or creating:
-        name = str(clean.get("display_name", "")).strip()
-        if not name:
-            violations.append(FieldViolation("source.display_name", "is required"))
-        elif len(name) > MAX_NAME_LENGTH:
-            violations.append(
-                FieldViolation(
-                    "source.display_name", f"must be at most {MAX_NAME_LENGTH} characters"
-                )
-            )
-        clean["display_name"] = name
-    if "description" in clean:
-        clean["description"] = str(clean["description"]).replace("\x00", "")
+    clean_display_name(clean, "source.display_name", MAX_NAME_LENGTH, violations, creating=creating)
+    clean_description(clean)
     if violations:
         raise InvalidArgumentError(violations)
     return clean
