@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ from engram.v1 import (
     agent_service_pb2,
     source_pb2,
     source_service_pb2,
+    source_service_pb2_grpc,
 )
 from support.api import ApiHarness, Client, rich_status, running_api
 from support.documents import long_document, pdf_document
@@ -342,26 +343,31 @@ async def test_upload_over_the_limit_is_refused_at_once(
     limited = settings.model_copy(update={"max_upload_bytes": MIB})
     async with running_api(limited, database) as api:
         source = await create_source(api.org_a)
-
-        call = api.org_a.sources.UploadFile()
-        await call.write(
-            source_service_pb2.UploadFileRequest(
-                header=source_service_pb2.UploadFileHeader(parent=source.name, file_name="a.txt")
-            )
-        )
         sent = 0
-        # The client keeps sending until the server ends the call; it must end it long
-        # before the client has sent 64 times the limit.
-        while sent < 64 * MIB:
-            try:
-                await call.write(source_service_pb2.UploadFileRequest(data=b"x" * (256 * 1024)))
-            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
-                break
-            sent += 256 * 1024
-        else:
-            await call.done_writing()
-        error = await fails(call)
+
+        def requests() -> Iterator[source_service_pb2.UploadFileRequest]:
+            nonlocal sent
+            header = source_service_pb2.UploadFileHeader(parent=source.name, file_name="a.txt")
+            yield source_service_pb2.UploadFileRequest(header=header)
+            # The client would send 64 times the limit; the server must end the call first.
+            while sent < 64 * MIB:
+                sent += 256 * 1024
+                yield source_service_pb2.UploadFileRequest(data=b"x" * (256 * 1024))
+
+        def upload_synchronously() -> grpc.RpcError:
+            # The synchronous client: grpc.aio's can report a local INTERNAL instead of the
+            # server's status when a write races the server ending the call
+            # (grpc/grpc#36066), which would say nothing about the server.
+            with grpc.insecure_channel(f"127.0.0.1:{api.server.port}") as channel:
+                stub = source_service_pb2_grpc.SourceServiceStub(channel)
+                metadata = (("authorization", f"Bearer {api.org_a.key}"),)
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.UploadFile(requests(), metadata=metadata, timeout=60)
+                return caught.value
+
+        error = await asyncio.to_thread(upload_synchronously)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert sent < 64 * MIB
         assert reason_of(rich_status(error)) == "UPLOAD_TOO_LARGE"
         assert str(MIB) in violations(error)["data"]
         listed = await api.org_a.sources.ListFiles(
