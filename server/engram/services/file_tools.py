@@ -41,9 +41,8 @@ from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.adapters.llm.errors import ProviderError
-from engram.services.archives import embedding_of
 from engram.services.base_tools import GREP_PAGE_SIZE, MAX_OPEN_FILES, ensure_base_tools
-from engram.services.passages import PassageService
+from engram.services.passages import PassageQuery, PassageService
 from engram.services.runtime.memory_prompt import FileEntry, FileWindow, render_files
 from engram.services.runtime.turn import ToolOutcome
 from engram.store.database import Database
@@ -58,7 +57,6 @@ from engram.store.models import (
     SourceFile,
     Tool,
 )
-from engram.store.passage_search import NearestQuery, nearest_passages
 from engram.store.types import utc_now
 
 OPEN_FILES = "open_files"
@@ -412,28 +410,15 @@ class FileToolService:
             ).all()
         if not archives:
             raise FileToolError("No data source is attached to you, so there is nothing to search.")
-        registry = self.passages.embeddings
-        by_model: dict[str, list[str]] = {}
-        for archive in archives:
-            by_model.setdefault(embedding_of(archive, registry), []).append(archive.id)
-        # The query is embedded once per model, before any database work.
-        probes: dict[str, list[float]] = {}
-        for handle in by_model:
-            vector = (await registry.resolve(handle).embed([query]))[0]
-            await self.passages.indexes.ensure(len(vector))
-            probes[handle] = vector.tolist()
-        hits: list[tuple[float, Passage]] = []
-        async with self.database.read(organization_id) as session:
-            for handle, archive_ids in by_model.items():
-                nearest = NearestQuery(probes[handle], handle, archive_ids, top_k=limit)
-                for found in await nearest_passages(session, nearest):
-                    hits.append((1.0 - found.distance, found.passage))
-            hits.sort(key=lambda hit: (-hit[0], hit[1].id))
-            hits = hits[:limit]
-            names = {f.id: f.name for f in await _attached(session, agent_id)}
-            texts = await _texts(session, [p.file_id for _, p in hits if p.file_id])
+        found = await self.passages.search_archives(
+            organization_id, archives, PassageQuery(query=query), limit
+        )
+        hits = [(hit.score, hit.passage) for hit in found]
         if not hits:
             return f"No chunk of the attached files matches {query!r}."
+        async with self.database.read(organization_id) as session:
+            names = {f.id: f.name for f in await _attached(session, agent_id)}
+            texts = await _texts(session, [p.file_id for _, p in hits if p.file_id])
         results = [_semantic_hit(score, passage, names, texts) for score, passage in hits]
         return json.dumps(results, ensure_ascii=False)
 

@@ -360,6 +360,21 @@ class PassageService:
     ) -> list[PassageHit]:
         async with self.database.read(organization_id) as session:
             archives = await self._readable_archive_rows(session, parent)
+        return await self.search_archives(organization_id, archives, query, top_k)
+
+    async def search_archives(
+        self,
+        organization_id: str,
+        archives: Sequence[Archive],
+        query: PassageQuery,
+        top_k: int,
+    ) -> list[PassageHit]:
+        """The ``top_k`` passages of ``archives`` closest to the query, best first.
+
+        Archives are searched with their own embedding model each: the query
+        is embedded once per model, before any database work, and the hits
+        of every model are merged by score.
+        """
         by_model: dict[str, list[str]] = {}
         for archive in archives:
             by_model.setdefault(embedding_of(archive, self.embeddings), []).append(archive.id)
