@@ -201,6 +201,43 @@ class Settings(BaseSettings):
         description="CPU threads of the local embedding model; 0 for one per physical core.",
     )
 
+    # --- Durable runs ------------------------------------------------------------------
+    redis_url: SecretStr | None = Field(
+        None,
+        validation_alias=env("REDIS_URL", legacy=False),
+        description=(
+            "Redis keeping the runs' event logs (redis://host:port/db); unset: the "
+            "in-process log of the embedded default, which only this process can read."
+        ),
+    )
+    redis_host: str | None = Field(
+        None,
+        validation_alias=env("REDIS_HOST"),
+        description="Redis host, when ENGRAM_REDIS_URL is not given.",
+    )
+    redis_port: int = Field(6379, ge=1, le=65535, validation_alias=env("REDIS_PORT"))
+    run_event_retention_seconds: float = Field(
+        3 * 3600.0,
+        gt=0,
+        validation_alias=env("RUN_EVENT_RETENTION_SECONDS", legacy=False),
+        description="How long a run's events stay resumable after its last event.",
+    )
+    run_event_max_length: int = Field(
+        10_000,
+        ge=100,
+        validation_alias=env("RUN_EVENT_MAX_LENGTH", legacy=False),
+        description="The most events kept per run; older ones are trimmed (about this many).",
+    )
+    run_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=env("RUN_LEASE_SECONDS", legacy=False),
+        description=(
+            "A running run's owner renews its lease every third of this; a run whose lease "
+            "ran out is marked failed by any server."
+        ),
+    )
+
     # --- Data sources ------------------------------------------------------------------
     max_upload_bytes: int = Field(
         50 * 1024 * 1024,
@@ -235,6 +272,22 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @field_validator("redis_url", "redis_host", mode="before")
+    @classmethod
+    def _empty_redis_means_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def resolved_redis_url(self) -> str | None:
+        """Where run event logs live: ENGRAM_REDIS_URL, else host and port; None: in-process."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        if self.redis_host:
+            return f"redis://{self.redis_host}:{self.redis_port}/0"
+        return None
 
     @property
     def resolved_encryption_key_file(self) -> Path:
