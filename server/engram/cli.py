@@ -125,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from engram.adapters.embeddings.registry import EmbeddingRegistry
+    from engram.adapters.event_log.factory import open_event_log
     from engram.adapters.llm.registry import ProviderRegistry
     from engram.config.settings import get_settings
     from engram.rpc.application import Application, Services
@@ -163,6 +164,16 @@ async def _serve(args: argparse.Namespace) -> int:
         telemetry.watch_pool(storage.database)
         providers = ProviderRegistry.from_environment(os.environ)
         logger.info("LLM providers configured: %s", ", ".join(providers.names) or "none")
+        try:
+            run_events = await open_event_log(
+                settings.resolved_redis_url,
+                retention_seconds=settings.run_event_retention_seconds,
+                max_length=settings.run_event_max_length,
+            )
+        except BaseException:
+            await storage.close()
+            raise
+        logger.info("run events kept in %s", run_events.kind)
         services = Services.build(
             storage.database,
             authenticator,
@@ -170,6 +181,8 @@ async def _serve(args: argparse.Namespace) -> int:
             keyring=storage.keyring,
             compaction_trigger=settings.compaction_trigger_fraction,
             embeddings=EmbeddingRegistry.from_settings(settings, os.environ),
+            run_events=run_events,
+            run_lease_seconds=settings.run_lease_seconds,
         )
         services.start()
         app.ready(services)

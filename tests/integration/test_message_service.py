@@ -497,7 +497,8 @@ async def test_a_stale_running_run_does_not_block_the_agent(world: World) -> Non
     world.fake.script(Reply(text="Back."))
     assert finished(await send(world, agent_id, "Hi")).stop_reason is StopReason.END_TURN
     view = await world.service.get_run(world.caller, stale)
-    assert view.run.status == "failed" and view.run.error and "abandoned" in view.run.error
+    assert (view.run.status, view.run.stop_reason) == ("failed", "owner_lost")
+    assert view.run.error and "lease" in view.run.error
 
 
 async def test_a_foreign_organization_gets_not_found(world: World) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,27 +13,22 @@ from google.protobuf import empty_pb2
 
 from engram.api.agents import agent_id_of
 from engram.api.convert import resource_id, timestamp
+from engram.api.turn_events import STOP_REASON_TO_PROTO, usage_to_proto
 from engram.rpc.application import Application
-from engram.rpc.context import current_caller, current_request_id
-from engram.rpc.errors import map_error
+from engram.rpc.context import current_caller
+from engram.services.caller import Caller
 from engram.services.errors import InvalidArgumentError
-from engram.services.messages import MessageService, RunEvent, RunStarted, RunView
-from engram.services.runtime.turn import (
-    ApprovalRequestEvent,
-    AssistantEvent,
-    HiddenReasoningEvent,
-    ReasoningEvent,
-    StepStarted,
-    ToolCallDeltaEvent,
-    ToolCallEvent,
-    ToolReturnEvent,
-    TurnFinished,
-)
+from engram.services.messages import MessageService, RunView, TurnOptions
 from engram.store.ids import IdPrefix
 from engram.store.models import Message, Step
 from engram.v1 import message_pb2, message_service_pb2, message_service_pb2_grpc, run_pb2
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MAX_STEPS = 50
+# How long CancelRun and CancelTurn wait for the run to stop when the call has no deadline.
+CANCEL_WAIT_SECONDS = 30.0
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 CONTEXT_WINDOW_SUFFIX = "/contextWindow"
 MAX_STEPS_LIMIT = 1000
 
@@ -53,19 +46,7 @@ STATUS_TO_PROTO: dict[str, Any] = {
     "failed": run_pb2.RUN_STATUS_FAILED,
     "cancelled": run_pb2.RUN_STATUS_CANCELLED,
 }
-STOP_REASON_TO_PROTO: dict[str, Any] = {
-    "end_turn": run_pb2.STOP_REASON_END_TURN,
-    "max_steps": run_pb2.STOP_REASON_MAX_STEPS,
-    "tool_rule": run_pb2.STOP_REASON_TOOL_RULE,
-    "requires_approval": run_pb2.STOP_REASON_REQUIRES_APPROVAL,
-    "max_tokens_exceeded": run_pb2.STOP_REASON_MAX_TOKENS_EXCEEDED,
-    "cancelled": run_pb2.STOP_REASON_CANCELLED,
-    "llm_api_error": run_pb2.STOP_REASON_LLM_API_ERROR,
-    "error": run_pb2.STOP_REASON_ERROR,
-    "context_window_overflow_in_system_prompt": (
-        run_pb2.STOP_REASON_CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT
-    ),
-}
+STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
 
 
 def _text_of(message: Message) -> str:
@@ -105,15 +86,6 @@ def message_to_proto(message: Message) -> message_pb2.Message:
     )
 
 
-def usage_to_proto(prompt: int, completion: int, steps: int) -> run_pb2.Usage:
-    return run_pb2.Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        step_count=steps,
-    )
-
-
 def run_to_proto(view: RunView) -> run_pb2.Run:
     run = view.run
     return run_pb2.Run(
@@ -126,6 +98,8 @@ def run_to_proto(view: RunView) -> run_pb2.Run:
         usage=usage_to_proto(view.prompt_tokens, view.completion_tokens, view.step_count),
         create_time=timestamp(run.created_at),
         end_time=timestamp(run.completed_at),
+        background=run.background,
+        cancel_time=timestamp(run.cancel_requested_at),
     )
 
 
@@ -156,147 +130,11 @@ def _max_steps(requested: int) -> int:
     return requested or DEFAULT_MAX_STEPS
 
 
-class _EventStream:
-    """Numbers the events of one run and translates them to ``TurnEvent``."""
-
-    def __init__(self) -> None:
-        self.run = ""
-        self.seq = 0
-        self.step = 0
-
-    def make(
-        self, step: int | None = None, message_id: str = "", **event: Any
-    ) -> message_service_pb2.TurnEvent:
-        self.seq += 1
-        return message_service_pb2.TurnEvent(
-            run=self.run,
-            seq=self.seq,
-            step=self.step if step is None else step,
-            message_id=message_id,
-            **event,
-        )
-
-    def translate(self, item: RunEvent) -> list[message_service_pb2.TurnEvent]:
-        event = item.event
-        if isinstance(event, RunStarted):
-            self.run = f"runs/{item.run_id}"
-            return []
-        if isinstance(event, StepStarted):
-            self.step = event.step
-            return []
-        if isinstance(event, ReasoningEvent):
-            return [
-                self.make(
-                    message_id=event.message_id,
-                    reasoning=message_service_pb2.ReasoningEvent(text=event.text),
-                )
-            ]
-        if isinstance(event, AssistantEvent):
-            return [
-                self.make(
-                    message_id=event.message_id,
-                    assistant_message=message_service_pb2.AssistantMessageEvent(text=event.text),
-                )
-            ]
-        if isinstance(event, ToolCallDeltaEvent):
-            return [
-                self.make(
-                    message_id=event.message_id,
-                    tool_call_delta=message_service_pb2.ToolCallDeltaEvent(
-                        index=event.index,
-                        call_id=event.call_id,
-                        name=event.name,
-                        arguments_delta=event.arguments,
-                    ),
-                )
-            ]
-        if isinstance(event, HiddenReasoningEvent):
-            return [
-                self.make(
-                    message_id=event.message_id,
-                    hidden_reasoning=message_service_pb2.HiddenReasoningEvent(),
-                )
-            ]
-        if isinstance(event, ToolCallEvent):
-            call = event.call
-            return [
-                self.make(
-                    message_id=event.message_id,
-                    tool_call=message_service_pb2.ToolCallEvent(
-                        call_id=call.id, name=call.name, arguments=call.arguments
-                    ),
-                )
-            ]
-        if isinstance(event, ToolReturnEvent):
-            return [
-                self.make(
-                    message_id=event.message_id,
-                    tool_return=message_service_pb2.ToolReturnEvent(
-                        call_id=event.call_id, name=event.name, text=event.text, ok=event.ok
-                    ),
-                )
-            ]
-        if isinstance(event, ApprovalRequestEvent):
-            call = event.call
-            return [
-                self.make(
-                    message_id=event.message_id,
-                    approval_request=message_service_pb2.ApprovalRequestEvent(
-                        call_id=call.id, name=call.name, arguments=call.arguments
-                    ),
-                )
-            ]
-        if isinstance(event, TurnFinished):
-            usage = usage_to_proto(event.prompt_tokens, event.completion_tokens, event.steps)
-            return [
-                self.make(
-                    step=0,
-                    stop_reason=message_service_pb2.StopReasonEvent(
-                        stop_reason=STOP_REASON_TO_PROTO.get(event.stop_reason.value, 0)
-                    ),
-                ),
-                self.make(step=0, usage=message_service_pb2.UsageEvent(usage=usage)),
-            ]
-        return []
-
-
-async def _with_pings(
-    events: AsyncIterator[RunEvent], interval: float
-) -> AsyncIterator[RunEvent | None]:
-    """``events``, with None whenever ``interval`` seconds pass without one.
-
-    The events are read by a separate task through a queue, so a ping never
-    cancels (and so never breaks) the turn that is producing them; when the
-    caller stops listening the task is cancelled.
-    """
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    async def produce() -> None:
-        try:
-            async for event in events:
-                await queue.put(("event", event))
-        except BaseException as error:  # relayed to the consumer, cancellation included
-            await queue.put(("error", error))
-            return
-        await queue.put(("end", None))
-
-    producer = asyncio.create_task(produce())
-    try:
-        while True:
-            try:
-                kind, value = await asyncio.wait_for(queue.get(), timeout=interval)
-            except TimeoutError:
-                yield None
-                continue
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        producer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await producer
+def _ping(run_id: str, last_seq: int) -> message_service_pb2.TurnEvent:
+    """A keepalive: not part of the run's stream, so it repeats the last event's seq."""
+    return message_service_pb2.TurnEvent(
+        run=f"runs/{run_id}", seq=last_seq, ping=message_service_pb2.PingEvent()
+    )
 
 
 def _roles_of(request: Any) -> list[str]:
@@ -347,34 +185,53 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
     ) -> message_service_pb2.SendMessageResponse:
         caller = current_caller()
         agent_id, text, max_steps = _turn_request(request)
-        run_id = ""
-        turn = self.service.send(
-            caller, agent_id, text, max_steps=max_steps, deadline=_deadline(context)
+        options = TurnOptions(
+            max_steps=max_steps,
+            # Nobody waits for a background run's answer, so the call's deadline is not its own.
+            deadline=None if request.background else _deadline(context),
+            request_id=request.request_id,
+            background=request.background,
         )
-        async for item in turn:
-            run_id = item.run_id
+        run_id = await self.service.start_message(caller, agent_id, text, options)
+        if not request.background:
+            await self._await_end(caller, run_id, context)
         run = await self.service.get_run(caller, run_id)
         messages = await self.service.messages_of_run(caller, run_id)
         return message_service_pb2.SendMessageResponse(
             run=run_to_proto(run), messages=[message_to_proto(m) for m in messages]
         )
 
+    async def _await_end(
+        self, caller: Caller, run_id: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Wait for the run's last event; a failed run fails the call with the run's status."""
+        async for item in self.service.follow(caller, run_id, 0, idle_seconds=self._idle):
+            if item is None or not item.final:
+                continue
+            event = message_service_pb2.TurnEvent.FromString(item.payload)
+            if event.HasField("error"):
+                status = event.error.status
+                await context.abort(
+                    STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN),
+                    status.message,
+                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                )
+
     async def StreamMessage(
         self,
         request: message_service_pb2.StreamMessageRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[message_service_pb2.TurnEvent]:
+        caller = current_caller()
         agent_id, text, max_steps = _turn_request(request)
-        turn = self.service.send(
-            current_caller(),
-            agent_id,
-            text,
+        options = TurnOptions(
             stream_tokens=request.stream_tokens,
             coalesce_seconds=self._coalesce_seconds,
             max_steps=max_steps,
-            deadline=_deadline(context),
+            request_id=request.request_id,
         )
-        async for event in self._stream_turn(turn):
+        run_id = await self.service.start_message(caller, agent_id, text, options)
+        async for event in follow_run(self.service, caller, run_id, 0, self._idle):
             yield event
 
     async def SubmitApproval(
@@ -382,47 +239,35 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
         request: message_service_pb2.SubmitApprovalRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[message_service_pb2.TurnEvent]:
+        caller = current_caller()
         agent_id = agent_id_of(request.agent, "agent")
         if not request.call_id.strip():
             raise InvalidArgumentError.field("call_id", "is required")
-        turn = self.service.submit_approval(
-            current_caller(),
-            agent_id,
-            request.call_id,
-            request.approve,
-            request.reason,
+        options = TurnOptions(
             stream_tokens=request.stream_tokens,
             coalesce_seconds=self._coalesce_seconds,
             max_steps=_max_steps(request.max_steps),
-            deadline=_deadline(context),
+            request_id=request.request_id,
         )
-        async for event in self._stream_turn(turn):
+        run_id = await self.service.start_approval(
+            caller, agent_id, request.call_id, request.approve, request.reason, options
+        )
+        async for event in follow_run(self.service, caller, run_id, 0, self._idle):
             yield event
 
-    async def _stream_turn(
-        self, turn: AsyncIterator[RunEvent]
-    ) -> AsyncIterator[message_service_pb2.TurnEvent]:
-        """A turn as the client streams it: numbered events, pings, and failures as events.
+    @property
+    def _idle(self) -> float:
+        return self.app.settings.stream_ping_interval_seconds
 
-        Shared by every streaming RPC, so a continued turn reads exactly like
-        one started by a message.
-        """
-        stream = _EventStream()
-        interval = self.app.settings.stream_ping_interval_seconds
-        try:
-            async for item in _with_pings(turn, interval):
-                if item is None:
-                    if stream.run:
-                        yield stream.make(step=0, ping=message_service_pb2.PingEvent())
-                    continue
-                for event in stream.translate(item):
-                    yield event
-        except Exception as error:
-            if not stream.run:
-                raise  # refused before the run started: an ordinary error status
-            # Once the run exists the failure is part of its stream.
-            mapped = map_error(error, correlation_id=current_request_id() or uuid.uuid4().hex)
-            yield stream.make(step=0, error=message_service_pb2.ErrorEvent(status=mapped.status))
+    async def CancelTurn(
+        self, request: message_service_pb2.CancelTurnRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        view = await self.service.cancel_turn(
+            current_caller(),
+            agent_id_of(request.agent, "agent"),
+            wait_seconds=_wait_seconds(context),
+        )
+        return run_to_proto(view)
 
     async def ListMessages(
         self, request: message_service_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
@@ -528,7 +373,13 @@ class RunServicer(message_service_pb2_grpc.RunServiceServicer):
     ) -> message_service_pb2.ListRunsResponse:
         agent_id = agent_id_of(request.agent, "agent") if request.agent else None
         runs, token = await self.service.list_runs(
-            current_caller(), agent_id, page_size=request.page_size, page_token=request.page_token
+            current_caller(),
+            agent_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            statuses=_statuses_of(request),
+            start_time=_time_of(request, "start_time"),
+            end_time=_time_of(request, "end_time"),
         )
         return message_service_pb2.ListRunsResponse(
             runs=[run_to_proto(run) for run in runs], next_page_token=token
@@ -546,3 +397,59 @@ class RunServicer(message_service_pb2_grpc.RunServiceServicer):
         return message_service_pb2.ListRunStepsResponse(
             steps=[step_to_proto(step) for step in steps], next_page_token=token
         )
+
+    async def StreamRun(
+        self, request: message_service_pb2.StreamRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[message_service_pb2.TurnEvent]:
+        if request.after_seq < 0:
+            raise InvalidArgumentError.field("after_seq", "must not be negative")
+        run_id = run_id_of(request.name, "name")
+        interval = self.app.settings.stream_ping_interval_seconds
+        async for event in follow_run(
+            self.service, current_caller(), run_id, request.after_seq, interval
+        ):
+            yield event
+
+    async def CancelRun(
+        self, request: message_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        view = await self.service.cancel_run(
+            current_caller(), run_id_of(request.name, "name"), wait_seconds=_wait_seconds(context)
+        )
+        return run_to_proto(view)
+
+
+async def follow_run(
+    service: MessageService, caller: Caller, run_id: str, after: int, idle_seconds: float
+) -> AsyncIterator[message_service_pb2.TurnEvent]:
+    """A run's events after ``after`` as the client streams them, with pings when idle.
+
+    The events come from the run's log as the server that runs it encoded
+    them, so every replica streams the same bytes for the same ``seq``.
+    """
+    last_seq = after
+    async for item in service.follow(caller, run_id, after, idle_seconds=idle_seconds):
+        if item is None:
+            yield _ping(run_id, last_seq)
+            continue
+        last_seq = item.seq
+        yield message_service_pb2.TurnEvent.FromString(item.payload)
+
+
+def _statuses_of(request: Any) -> list[str]:
+    """The request's ``statuses`` filter as run status names."""
+    statuses = []
+    for index, status in enumerate(request.statuses):
+        if status not in STATUS_FROM_PROTO:
+            raise InvalidArgumentError.field(f"statuses[{index}]", "is not a run status")
+        statuses.append(STATUS_FROM_PROTO[status])
+    return statuses
+
+
+def _wait_seconds(context: grpc.aio.ServicerContext) -> float:
+    """How long a cancel may wait for the run to stop: the call's deadline, or a default."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return CANCEL_WAIT_SECONDS
+    # Leave a moment to read and return the run before the deadline.
+    return max(0.0, min(float(remaining) - 0.5, CANCEL_WAIT_SECONDS))

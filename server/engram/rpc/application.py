@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engram.adapters.embeddings.registry import EmbeddingRegistry
+from engram.adapters.event_log.factory import EventLogBackend
+from engram.adapters.event_log.memory_log import MemoryEventLog
+from engram.adapters.event_log.signals import MemoryRunSignals
 from engram.adapters.llm.registry import ProviderRegistry
+from engram.api.turn_events import encode_run_record
 from engram.config.settings import Settings
 from engram.secrets import KeyRing
 from engram.services.admin import AdminService
@@ -24,6 +28,7 @@ from engram.services.message_search import MessageSearchService
 from engram.services.messages import MessageService
 from engram.services.passages import PassageService
 from engram.services.providers import ProviderService
+from engram.services.run_executor import RunExecutor
 from engram.services.runtime.compaction import DEFAULT_TRIGGER_FRACTION
 from engram.services.sources import SourceService
 from engram.services.tools import ToolService
@@ -47,6 +52,8 @@ class Services:
     archives: ArchiveService
     passages: PassageService
     sources: SourceService
+    runs: RunExecutor
+    run_events: EventLogBackend
 
     @classmethod
     def build(
@@ -58,8 +65,14 @@ class Services:
         keyring: KeyRing | None = None,
         compaction_trigger: float = DEFAULT_TRIGGER_FRACTION,
         embeddings: EmbeddingRegistry | None = None,
+        run_events: EventLogBackend | None = None,
+        run_lease_seconds: float = 30.0,
     ) -> Services:
         """The services over ``database``; ``providers`` are the environment's.
+
+        ``run_events`` is where runs' events are kept (see
+        :func:`engram.adapters.event_log.factory.open_event_log`); without it,
+        in this process's memory with the default retention.
 
         Without ``keyring`` the server refuses to store provider API keys
         (ENCRYPTION_KEY_MISSING) rather than keep them in plaintext.
@@ -69,6 +82,12 @@ class Services:
         # embeds; without one, only the local models are available.
         embeddings = embeddings if embeddings is not None else EmbeddingRegistry({})
         passages = PassageService(database, embeddings)
+        run_events = run_events or EventLogBackend(
+            log=MemoryEventLog(retention_seconds=DEFAULT_RETENTION, max_length=DEFAULT_MAX_EVENTS),
+            signals=MemoryRunSignals(),
+            kind="memory",
+        )
+        runs = RunExecutor(database, run_events, encode_run_record, lease_seconds=run_lease_seconds)
         return cls(
             database=database,
             authenticator=authenticator,
@@ -82,6 +101,7 @@ class Services:
                 runtime_providers,
                 compaction_trigger=compaction_trigger,
                 archival=passages,
+                executor=runs,
             ),
             message_search=MessageSearchService(database),
             providers=providers,
@@ -91,18 +111,34 @@ class Services:
             passages=passages,
             # Ingestion shares the passages' vector indexes (one set per process).
             sources=SourceService(database, embeddings, passages.indexes),
+            runs=runs,
+            run_events=run_events,
         )
 
     def start(self) -> None:
-        """Start the background work: resuming ingestions a previous server left unfinished."""
+        """Start the background work: resuming ingestions a previous server left unfinished,
+        and keeping runs' leases (and ending runs whose server died)."""
         self.sources.start()
+        self.runs.start()
+
+    async def drain_runs(self, grace: float) -> None:
+        """Let runs in progress finish within ``grace``; end the rest as interrupted."""
+        await self.runs.drain(grace)
 
     async def close(self) -> None:
         """Release what the services hold (cached provider clients); not the database."""
-        # First, while the database is still open: running ingestions give their files back.
+        # First, while the database is still open: running ingestions give their files
+        # back, and runs still going end as interrupted with their logs closed.
+        await self.runs.close()
+        await self.run_events.close()
         await self.sources.close()
         await self.runtime_providers.close()
         await self.embeddings.close()
+
+
+# The in-process event log's limits when the caller configures none (the settings' defaults).
+DEFAULT_RETENTION = 3 * 3600.0
+DEFAULT_MAX_EVENTS = 10_000
 
 
 class Application:

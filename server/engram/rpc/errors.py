@@ -117,6 +117,10 @@ _RULES: Mapping[str, _Rule] = {
     "INVALID_PROVIDER_RESPONSE": _Rule(code_pb2.UNAVAILABLE, retry=True, log_level=logging.WARNING),
     "UPLOAD_TOO_LARGE": _Rule(code_pb2.INVALID_ARGUMENT),
     "UNSUPPORTED_MEDIA_TYPE": _Rule(code_pb2.INVALID_ARGUMENT),
+    "RUN_EVENTS_EXPIRED": _Rule(code_pb2.FAILED_PRECONDITION),
+    "RUN_POSITION_UNKNOWN": _Rule(code_pb2.FAILED_PRECONDITION),
+    "RUN_ALREADY_ENDED": _Rule(code_pb2.FAILED_PRECONDITION),
+    "SHUTTING_DOWN": _Rule(code_pb2.UNAVAILABLE, retry=True, log_level=logging.INFO),
 }
 
 MAPPED_REASONS = frozenset(_RULES)
@@ -239,6 +243,8 @@ def _details_for(
         metadata = {"provider": error.provider}
     elif reason == "CONCURRENT_UPDATE" and hasattr(error, "resource_name"):
         metadata = {"resource": str(error.resource_name)}
+    if isinstance(error, ServiceError):
+        metadata.update(error.info)
     return metadata, extra
 
 

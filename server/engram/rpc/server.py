@@ -79,11 +79,24 @@ class RunningServer:
         for name in (OVERALL_HEALTH, *self.service_names):
             await self.health.set(name, status)
 
-    async def drain(self, drain_delay: float, grace: float) -> None:
+    async def drain(
+        self,
+        drain_delay: float,
+        grace: float,
+        drain_runs: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        """Report NOT_SERVING, wait for endpoints to be withdrawn, then stop within ``grace``.
+
+        Runs in progress get the same grace as calls in flight, at the same
+        time: a stream following a run ends when the run does.
+        """
         await self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
-        await self.server.stop(grace)
+        if drain_runs is None:
+            await self.server.stop(grace)
+            return
+        await asyncio.gather(self.server.stop(grace), drain_runs(grace))
 
 
 def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
@@ -237,7 +250,11 @@ async def serve(
             settings.drain_delay_seconds,
             settings.shutdown_grace_seconds,
         )
-        await running.drain(settings.drain_delay_seconds, settings.shutdown_grace_seconds)
+        await running.drain(
+            settings.drain_delay_seconds,
+            settings.shutdown_grace_seconds,
+            app.services.drain_runs if app is not None else None,
+        )
     finally:
         await release()
     logger.info("stopped")

@@ -8,7 +8,7 @@ a stable ``reason`` from the ``engram.v1.ErrorReason`` catalog.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -24,6 +24,9 @@ class ServiceError(Exception):
     """Base of the errors a service raises on purpose."""
 
     reason = "INVALID_ARGUMENT"
+    # Extra ``ErrorInfo`` metadata (what a client needs to act, for example the
+    # run and the oldest event still kept); most errors have none.
+    info: Mapping[str, str] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -78,3 +81,9 @@ class PermissionDeniedError(ServiceError):
     """Valid credentials that do not allow this call."""
 
     reason = "PERMISSION_DENIED"
+
+
+class ShuttingDownError(ServiceError):
+    """The server is draining: it starts no new work, and the request changed nothing."""
+
+    reason = "SHUTTING_DOWN"

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from engram.adapters.event_log.base import EventsExpiredError, LoggedEvent
 from engram.adapters.llm.chat import ChatMessage, ChatResult, Reasoning, Role, ToolCall, ToolSpec
 from engram.adapters.llm.errors import ContextWindowExceededError, ProviderError
 from engram.adapters.llm.registry import LLMProvider, ModelResolver
@@ -57,6 +58,7 @@ from engram.services.caller import Caller
 from engram.services.common import load
 from engram.services.errors import FailedPreconditionError, InvalidArgumentError
 from engram.services.file_tools import FILE_TOOLS, OPEN_FILES, FileToolService, files_section
+from engram.services.idempotency import check_request_id
 from engram.services.message_search import conversation_search
 from engram.services.pagination import (
     InvalidPageTokenError,
@@ -67,6 +69,19 @@ from engram.services.pagination import (
     page_request,
 )
 from engram.services.passages import ARCHIVAL_TOOLS, PassageService, run_archival_tool
+from engram.services.run_errors import (
+    no_active_run,
+    request_id_reused,
+    run_already_ended,
+    run_events_expired,
+    run_position_unknown,
+)
+from engram.services.run_executor import (
+    CANCELLED_BY_CLIENT,
+    OWNER_LOST,
+    RunControl,
+    RunExecutor,
+)
 from engram.services.runtime.buffer_cache import BufferCache
 from engram.services.runtime.compaction import (
     DEFAULT_TRIGGER_FRACTION,
@@ -105,7 +120,7 @@ from engram.services.runtime.turn import (
     time_left_for_call,
 )
 from engram.store.database import Database
-from engram.store.errors import OrganizationScopeError
+from engram.store.errors import OrganizationScopeError, UniqueViolationError
 from engram.store.ids import IdPrefix, new_id
 from engram.store.models import (
     Agent,
@@ -141,10 +156,18 @@ MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 # notices), which tells them apart from what the person typed.
 RUNTIME_AUTHOR = "engram"
 
-# A running run whose last checkpoint is older than this belongs to a process
-# that died; it no longer keeps the agent busy.  One step, retries included,
-# takes well under this (provider timeout 300 s, two retries).
-ABANDONED_AFTER = timedelta(minutes=30)
+# The lease of a run started without a RunExecutor (nothing renews it: turns
+# driven directly, as tests do); long enough for any turn, retries included.
+UNMANAGED_LEASE = timedelta(minutes=30)
+UNMANAGED_OWNER = "unmanaged"
+RUN_REQUEST_CONSTRAINT = "uq_runs_organization_id_request_id"
+# Runs a CancelRun can still stop: running, or paused on an approval request.
+STOP_REQUIRES_APPROVAL = StopReason.REQUIRES_APPROVAL.value
+CANCELLED_CALL_NOTICE = "Not run: the run was cancelled before this call was approved."
+# How many of an agent's latest messages are read to find a paused run's calls.
+PENDING_SCAN = 64
+# A run that ended this recently may still be writing its last events elsewhere.
+RECENTLY_ENDED = timedelta(seconds=10)
 
 CONVERSATION_SEARCH = "conversation_search"
 CUSTOM_TOOL_UNAVAILABLE = "custom tools cannot run yet on this server"
@@ -184,6 +207,20 @@ class RunEvent:
 
 
 @dataclass(frozen=True)
+class TurnOptions:
+    """How a turn started through :meth:`MessageService.start_message` runs."""
+
+    stream_tokens: bool = False
+    coalesce_seconds: float = 0.0
+    max_steps: int = DEFAULT_MAX_STEPS
+    # Bounds each model call (time.monotonic() seconds); None: unbounded.
+    deadline: float | None = None
+    # The client's idempotency key: a retry with it attaches to the first run.
+    request_id: str = ""
+    background: bool = False
+
+
+@dataclass(frozen=True)
 class RunView:
     """A run with the token usage of its steps, summed."""
 
@@ -206,9 +243,13 @@ class MessageService:
         *,
         compaction_trigger: float = DEFAULT_TRIGGER_FRACTION,
         archival: PassageService | None = None,
+        executor: RunExecutor | None = None,
     ) -> None:
         self.database = database
         self.providers = providers
+        # Runs turns in the background with their event logs and leases; without
+        # one, turns can only be driven directly (send, submit_approval).
+        self.executor = executor
         # Runs the archival memory tools; without it they answer that it is missing.
         self.archival = archival
         # Runs the file tools; they search with the archival passages' embeddings.
@@ -299,6 +340,203 @@ class MessageService:
             async for event in turn:
                 yield event
 
+    # --- durable runs ------------------------------------------------------------------
+
+    async def start_message(
+        self, caller: Caller, agent_id: str, text: str, options: TurnOptions
+    ) -> str:
+        """Store the user's message and start its run in the background; returns the run id.
+
+        The run goes on whatever the caller does next; its events go to its
+        log (:meth:`follow`).  With ``options.request_id``, a retry attaches to
+        the run the first attempt started and starts nothing.  Refusals
+        (unknown agent, no model, agent busy, server draining) raise here and
+        leave no run behind.
+        """
+        return await self._start(caller, agent_id, _checked_text(text), options)
+
+    async def start_approval(
+        self,
+        caller: Caller,
+        agent_id: str,
+        call_id: str,
+        approve: bool,
+        reason: str,
+        options: TurnOptions,
+    ) -> str:
+        """Answer the pending approval and start the continued turn in the background."""
+        if not call_id.strip():
+            raise InvalidArgumentError.field("call_id", "is required")
+        review = _Review(call_id, approve, reason.replace("\x00", ""))
+        return await self._start(caller, agent_id, review, options)
+
+    async def _start(
+        self, caller: Caller, agent_id: str, opening: _Opening, options: TurnOptions
+    ) -> str:
+        executor = self._executor()
+        check_request_id(options.request_id)
+        if options.request_id:
+            existing = await self._run_of_request(caller, agent_id, options.request_id)
+            if existing is not None:
+                return existing
+        executor.check_accepting()
+        control = RunControl()
+        turn = self._turn(
+            caller,
+            agent_id,
+            opening,
+            stream_tokens=options.stream_tokens,
+            coalesce_seconds=options.coalesce_seconds,
+            max_steps=options.max_steps,
+            deadline=options.deadline,
+            control=control,
+            request_id=options.request_id,
+            background=options.background,
+        )
+        try:
+            started = await anext(turn)  # the run exists once this returns
+        except UniqueViolationError as error:
+            await turn.aclose()
+            if error.constraint != RUN_REQUEST_CONSTRAINT:
+                raise
+            # A concurrent attempt with the same request id won the race.
+            existing = await self._run_of_request(caller, agent_id, options.request_id)
+            if existing is None:
+                raise
+            return existing
+        except BaseException:
+            await turn.aclose()
+            raise
+        executor.launch(caller.organization_id, started.run_id, control, turn)
+        return started.run_id
+
+    async def _run_of_request(self, caller: Caller, agent_id: str, request_id: str) -> str | None:
+        """The run an earlier attempt with ``request_id`` started, if any (of this agent only)."""
+        async with self.database.read(caller.organization_id) as session:
+            found = (
+                await session.execute(
+                    select(Run.id, Run.agent_id).where(Run.request_id == request_id)
+                )
+            ).one_or_none()
+        if found is None:
+            return None
+        if found.agent_id != agent_id:
+            raise request_id_reused(agent_id)
+        return str(found.id)
+
+    def _executor(self) -> RunExecutor:
+        if self.executor is None:
+            raise RuntimeError("this MessageService has no RunExecutor to run turns with")
+        return self.executor
+
+    async def follow(
+        self, caller: Caller, run_id: str, after: int, *, idle_seconds: float
+    ) -> AsyncIterator[LoggedEvent | None]:
+        """The run's events after ``after``: those written, then each new one, to its last.
+
+        Yields None after ``idle_seconds`` without an event (the caller sends a
+        keepalive).  Positions no longer kept, or never sent, are refused
+        before anything is yielded.  A run that ended without its log being
+        closed (its server died before it could) gets its ending written here.
+        """
+        executor = self._executor()
+        log = executor.log
+        run = await self._run_row(caller, run_id)
+        bounds = await log.bounds(run_id)
+        if bounds is None:
+            if not _events_may_come(run, executor.is_local(run_id), executor.events.kind):
+                raise run_events_expired(run_id)
+            if after > 0:
+                raise run_position_unknown(run_id, after, 0)
+        else:
+            if after > bounds.last:
+                raise run_position_unknown(run_id, after, bounds.last)
+            if after + 1 < bounds.first:
+                raise run_events_expired(run_id, bounds.first)
+            if bounds.final and after == bounds.last:
+                return
+        quiet = 0
+        try:
+            async for event in log.read(run_id, after, idle_seconds=idle_seconds):
+                if event is not None:
+                    quiet = 0
+                    yield event
+                    continue
+                quiet += 1
+                if quiet >= 2:
+                    await self._close_if_ended(caller, run_id)
+                yield None
+        except EventsExpiredError as error:
+            raise run_events_expired(run_id) from error
+
+    async def _close_if_ended(self, caller: Caller, run_id: str) -> None:
+        """Write the ending of a run that ended in the database but not in its log."""
+        executor = self._executor()
+        if executor.is_local(run_id):
+            return
+        run = await self._run_row(caller, run_id)
+        if run.status != RUNNING:
+            await executor.close_log(caller.organization_id, run_id, run.stop_reason or "error")
+
+    async def _run_row(self, caller: Caller, run_id: str) -> Run:
+        async with self.database.read(caller.organization_id) as session:
+            return await load(session, Run, run_id, "run")
+
+    async def cancel_run(self, caller: Caller, run_id: str, *, wait_seconds: float) -> RunView:
+        """Cancel a run wherever it runs; returns it once stopped (or after ``wait_seconds``).
+
+        A running run is flagged (and its owner signalled) and stops at its
+        next safe point.  A run paused on an approval request is closed here,
+        with a refusal stored for each call still waiting, so the agent is
+        never left with an unanswered call.
+        """
+        executor = self._executor()
+
+        async def work(session: AsyncSession) -> bool:
+            run = await load(session, Run, run_id, "run", lock=True)
+            if run.status == RUNNING:
+                if run.cancel_requested_at is None:
+                    run.cancel_requested_at = utc_now()
+                return True
+            if not await _refuse_pending_calls(session, run):
+                raise run_already_ended(run_id, run.status)
+            return False
+
+        running = await self.database.run_transaction(work, caller.organization_id)
+        if running:
+            await executor.request_cancel(run_id)
+            await self._wait_for_end(caller, run_id, wait_seconds)
+        return await self.get_run(caller, run_id)
+
+    async def cancel_turn(self, caller: Caller, agent_id: str, *, wait_seconds: float) -> RunView:
+        """Cancel the agent's running run, or the run waiting on its approval."""
+        async with self.database.read(caller.organization_id) as session:
+            await load(session, Agent, agent_id, "agent")
+            latest = await session.scalar(
+                select(Run)
+                .where(
+                    Run.agent_id == agent_id,
+                    or_(Run.status == RUNNING, Run.stop_reason == STOP_REQUIRES_APPROVAL),
+                )
+                .order_by(Run.created_at.desc(), Run.id.desc())
+                .limit(1)
+            )
+        if latest is None:
+            raise no_active_run(agent_id)
+        try:
+            return await self.cancel_run(caller, latest.id, wait_seconds=wait_seconds)
+        except FailedPreconditionError as error:
+            if error.reason == "RUN_ALREADY_ENDED":
+                raise no_active_run(agent_id) from error
+            raise
+
+    async def _wait_for_end(self, caller: Caller, run_id: str, wait_seconds: float) -> None:
+        """Follow the run's log to its last event, for at most ``wait_seconds``."""
+        with contextlib.suppress(TimeoutError, FailedPreconditionError):
+            async with asyncio.timeout(wait_seconds):
+                async for _ in self.follow(caller, run_id, 0, idle_seconds=1.0):
+                    pass
+
     async def _turn(
         self,
         caller: Caller,
@@ -309,10 +547,14 @@ class MessageService:
         max_steps: int,
         coalesce_seconds: float = 0.0,
         deadline: float | None = None,
+        control: RunControl | None = None,
+        request_id: str = "",
+        background: bool = False,
     ) -> AsyncGenerator[RunEvent, None]:
         """Claim the agent, start a run, and run the turn that ``opening`` starts.
 
         ``deadline`` (``time.monotonic()`` seconds) bounds every provider call.
+        ``control`` is how a :class:`RunExecutor` stops the turn.
         """
         if max_steps < 1:
             raise InvalidArgumentError.field("max_steps", "must be at least 1")
@@ -328,7 +570,7 @@ class MessageService:
             **_model_settings(agent.model_settings),
         )
         async with self._claim(agent_id):
-            start = await self._start_run(caller, agent_id, opening)
+            start = await self._start_run(caller, agent_id, opening, request_id, background)
             recorder = _TurnRecorder(
                 self.database,
                 caller.organization_id,
@@ -337,7 +579,9 @@ class MessageService:
                 provider.name,
                 self._buffers,
             )
-            turn_events = self._turn_events(caller, recorder, start, provider, settings)
+            turn_events = self._turn_events(
+                caller, recorder, start, provider, settings, control or RunControl()
+            )
             async with contextlib.aclosing(turn_events):
                 async for event in turn_events:
                     yield event
@@ -369,7 +613,14 @@ class MessageService:
             if self._turn_locks.get(agent_id) is lock and not lock.locked():
                 del self._turn_locks[agent_id]
 
-    async def _start_run(self, caller: Caller, agent_id: str, opening: _Opening) -> _RunStart:
+    async def _start_run(
+        self,
+        caller: Caller,
+        agent_id: str,
+        opening: _Opening,
+        request_id: str = "",
+        background: bool = False,
+    ) -> _RunStart:
         """Create the turn's run, unless another process is running a turn on the agent.
 
         The agent row is locked first, so two processes cannot both find no
@@ -382,8 +633,10 @@ class MessageService:
         itself, and the call's result is stored with the first checkpoint.
         """
 
+        lost: list[str] = []
+
         async def work(session: AsyncSession) -> _RunStart:
-            agent, recall = await _lock_agent(session, agent_id)
+            agent, recall, lost[:] = await _lock_agent(session, agent_id)
             review = None
             if isinstance(opening, _Review):
                 review = await _locate_pending_call(session, agent_id, opening)
@@ -395,7 +648,14 @@ class MessageService:
                 buffers=self._buffers,
             )
             run_id = new_id(IdPrefix.RUN)
-            values = {"agent_id": agent_id, "status": RUNNING, "background": False, "metadata_": {}}
+            values = {
+                "agent_id": agent_id,
+                "status": RUNNING,
+                "background": background,
+                "request_id": request_id or None,
+                "metadata_": {},
+                **self._lease_columns(),
+            }
             await _insert(session, Run, [{"id": run_id, **values}])
             if review is not None:
                 resume = _pending_decision(agent_id, context.buffer, review)
@@ -411,6 +671,9 @@ class MessageService:
             return _RunStart(run_id, context, opened, None, [_chat_message(r) for r in rows])
 
         start = await self.database.run_transaction(work, caller.organization_id)
+        if self.executor is not None:
+            for lost_run in lost:  # closed as lost above; their followers need an ending
+                await self.executor.close_log(caller.organization_id, lost_run, "owner_lost")
         context = start.context
         self._buffers.store(
             (caller.organization_id, agent_id),
@@ -420,6 +683,11 @@ class MessageService:
         )
         return start
 
+    def _lease_columns(self) -> dict[str, Any]:
+        if self.executor is not None:
+            return self.executor.lease_columns()
+        return {"lease_owner": UNMANAGED_OWNER, "lease_expires_at": utc_now() + UNMANAGED_LEASE}
+
     async def _turn_events(
         self,
         caller: Caller,
@@ -427,12 +695,14 @@ class MessageService:
         start: _RunStart,
         provider: LLMProvider,
         settings: TurnSettings,
+        control: RunControl,
     ) -> AsyncGenerator[RunEvent, None]:
         """Everything after the run exists; whatever goes wrong closes the run."""
         run_id = recorder.run_id
         try:
             yield RunEvent(run_id, RunStarted(run_id))
             turn = self._prepare_turn(caller, recorder, start, provider, settings)
+            turn.cancelled = lambda: control.cancel_requested
             # run_turn is an async generator; closing it ends the model call it is in.
             loop_events = cast(AsyncGenerator[TurnEvent, None], run_turn(turn))
             async with contextlib.aclosing(loop_events) as events:
@@ -451,8 +721,10 @@ class MessageService:
             await recorder.abort(FAILED, STOP_LLM_API_ERROR, str(error))
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            # The caller went away; record that even while being cancelled.
-            await asyncio.shield(recorder.abort(CANCELLED, StopReason.CANCELLED.value, None))
+            # Stopped (by the executor, or a direct caller that went away); record
+            # that even while being cancelled.
+            cause = control.stop_cause or CANCELLED_BY_CLIENT
+            await asyncio.shield(recorder.abort(cause.status, cause.stop_reason, cause.error))
             raise
         except Exception as error:
             await recorder.abort(FAILED, STOP_ERROR, str(error) or type(error).__name__)
@@ -668,13 +940,36 @@ class MessageService:
             return (await _run_views(session, [run]))[0]
 
     async def list_runs(
-        self, caller: Caller, agent_id: str | None, page_size: int, page_token: str
+        self,
+        caller: Caller,
+        agent_id: str | None,
+        page_size: int,
+        page_token: str,
+        *,
+        statuses: Sequence[str] = (),
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
     ) -> tuple[list[RunView], str]:
-        """Runs, oldest first, of one agent or of the whole organization."""
-        page = page_request(page_size, page_token, {"agent": agent_id or ""})
+        """Runs, oldest first, of one agent or of the whole organization, filtered."""
+        wanted = sorted(set(statuses))
+        # Only the filters in use, so that tokens issued before a filter existed still work.
+        filters: dict[str, Any] = {"agent": agent_id or ""}
+        if wanted:
+            filters["statuses"] = ",".join(wanted)
+        if start_time is not None:
+            filters["start"] = start_time.isoformat()
+        if end_time is not None:
+            filters["end"] = end_time.isoformat()
+        page = page_request(page_size, page_token, filters)
         query = select(Run)
         if agent_id:
             query = query.where(Run.agent_id == agent_id)
+        if wanted:
+            query = query.where(Run.status.in_(wanted))
+        if start_time is not None:
+            query = query.where(Run.created_at >= start_time)
+        if end_time is not None:
+            query = query.where(Run.created_at < end_time)
         async with self.database.read(caller.organization_id) as session:
             if agent_id:
                 await load(session, Agent, agent_id, "agent")
@@ -721,6 +1016,24 @@ async def _run_views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView
         )
         usage = {run_id: (int(p or 0), int(c or 0), int(n)) for run_id, p, c, n in rows}
     return [RunView(run, *usage.get(run.id, (0, 0, 0))) for run in runs]
+
+
+def _events_may_come(run: Run, local: bool, log_kind: str) -> bool:
+    """Whether a run with no events in the log may still get some (else they expired).
+
+    Its events are on their way when this process runs it, or when it runs
+    elsewhere and the log is shared (Redis); a run that just ended elsewhere
+    may still be flushing its last events.  An in-process log cannot hold
+    another process's events.
+    """
+    if local:
+        return True
+    if log_kind != "redis":
+        return False
+    if run.status == RUNNING:
+        return True
+    ended = run.completed_at
+    return ended is not None and utc_now() - ended < RECENTLY_ENDED
 
 
 # --- refusals --------------------------------------------------------------------------
@@ -773,18 +1086,25 @@ def _checked_roles(roles: Sequence[str]) -> list[str]:
     return wanted
 
 
-async def _refuse_if_running(session: AsyncSession, agent_id: str) -> None:
-    """Refuse when a live run holds the agent; close runs whose process is gone."""
+async def _refuse_if_running(session: AsyncSession, agent_id: str) -> list[str]:
+    """Refuse when a live run holds the agent; end (and return) runs whose lease lapsed.
+
+    A lapsed lease means the run's process died without ending it (no lease
+    at all: a run left by a server older than leases).
+    """
     now = utc_now()
     running = (
         await session.scalars(
             select(Run).where(Run.agent_id == agent_id, Run.status == RUNNING).with_for_update()
         )
     ).all()
+    lost = []
     for run in running:
-        if now - run.updated_at < ABANDONED_AFTER:
+        if run.lease_expires_at is not None and run.lease_expires_at > now:
             raise _busy(agent_id)
-        _close_run(run, FAILED, STOP_ERROR, "abandoned: its server stopped during the turn", now)
+        _close_run(run, OWNER_LOST.status, OWNER_LOST.stop_reason, OWNER_LOST.error, now)
+        lost.append(run.id)
+    return lost
 
 
 def _close_run(run: Run, status: str, stop_reason: str, error: str | None, now: datetime) -> None:
@@ -803,14 +1123,70 @@ def _run_end(status: str, stop_reason: str, error: str | None, now: datetime) ->
     }
 
 
-async def _update_run(session: AsyncSession, run_id: str, **values: Any) -> None:
-    """Set a run's columns in one statement, without loading it first."""
-    await session.execute(
+async def _update_running_run(session: AsyncSession, run_id: str, **values: Any) -> None:
+    """Set a running run's columns in one statement, without loading it first.
+
+    Fails (rolling the step back) when the run is no longer running: another
+    server ended it as lost while this one was cut off, and what this one
+    would store now belongs to no run.
+    """
+    result = await session.execute(
         update(Run)
-        .where(Run.id == run_id)
+        .where(Run.id == run_id, Run.status == RUNNING)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    if getattr(result, "rowcount", 1) == 0:
+        raise RunTakenError(f"runs/{run_id} was ended by another server while it ran here")
+
+
+class RunTakenError(Exception):
+    """The run this turn records was ended elsewhere (its lease lapsed); stop recording."""
+
+
+async def _refuse_pending_calls(session: AsyncSession, run: Run) -> bool:
+    """Close a run paused on an approval as cancelled, refusing every call still waiting.
+
+    False (nothing changed) unless ``run`` is the agent's latest run, stopped
+    for approval, with calls still unanswered.
+    """
+    if run.stop_reason != STOP_REQUIRES_APPROVAL or run.status == CANCELLED:
+        return False
+    rows = (
+        await session.scalars(
+            select(Message)
+            .where(Message.agent_id == run.agent_id)
+            .order_by(Message.sequence_id.desc())
+            .limit(PENDING_SCAN)
+        )
+    ).all()
+    if not rows or rows[0].run_id != run.id:
+        return False  # a later turn has run since: nothing of this one is pending
+    rows = list(reversed(rows))
+    asked = next((row for row in reversed(rows) if row.role == Role.ASSISTANT.value), None)
+    if asked is None:
+        return False
+    answered = {row.tool_call_id for row in rows if row.role == Role.TOOL.value}
+    outcome = ToolOutcome(CANCELLED_CALL_NOTICE, ok=False)
+    refusals = [
+        ChatMessage(
+            Role.TOOL,
+            package_return(outcome, DEFAULT_RETURN_CHAR_LIMIT),
+            tool_call_id=str(call.get("id")),
+            name=str(call.get("name", "")),
+        )
+        for call in asked.tool_calls or ()
+        if str(call.get("id")) not in answered
+    ]
+    if not refusals:
+        return False
+    await load(session, Agent, run.agent_id, "agent", lock=True)
+    last = await _last_sequence(session, run.agent_id)
+    await _add_messages(session, run.agent_id, run.id, None, refusals, after=last, notices=False)
+    now = utc_now()
+    _close_run(run, CANCELLED, StopReason.CANCELLED.value, None, now)
+    run.cancel_requested_at = now
+    return True
 
 
 def _run_status(stop: StopReason) -> str:
@@ -939,8 +1315,9 @@ async def _load_context(database: Database, organization_id: str, agent_id: str)
         return await _read_context(session, agent, recall)
 
 
-async def _lock_agent(session: AsyncSession, agent_id: str) -> tuple[Agent, int]:
-    """The agent's row, locked for the transaction, and its last message sequence number.
+async def _lock_agent(session: AsyncSession, agent_id: str) -> tuple[Agent, int, list[str]]:
+    """The agent's row, locked for the transaction, its last message sequence number,
+    and the runs found lost (ended here as failed; their logs still need an ending).
 
     Refused (AGENT_BUSY) when a live run holds the agent.  Once the lock is
     held, one statement reads the last sequence number and whether any run
@@ -953,9 +1330,8 @@ async def _lock_agent(session: AsyncSession, agent_id: str) -> tuple[Agent, int]
     last = select(func.max(Message.sequence_id)).where(Message.agent_id == agent_id)
     running = select(Run.id).where(Run.agent_id == agent_id, Run.status == RUNNING).exists()
     row = (await session.execute(select(last.scalar_subquery(), running))).one()
-    if row[1]:
-        await _refuse_if_running(session, agent_id)
-    return agent, int(row[0] or 0)
+    lost = await _refuse_if_running(session, agent_id) if row[1] else []
+    return agent, int(row[0] or 0), lost
 
 
 async def _read_context(
@@ -1381,9 +1757,9 @@ class _TurnRecorder:
                 )
             await _save_memory(session, self.agent_id, turn.memory, changed, created, now)
             if stop is None:
-                await _update_run(session, self.run_id, updated_at=now)
+                await _update_running_run(session, self.run_id, updated_at=now)
             else:
-                await _update_run(
+                await _update_running_run(
                     session, self.run_id, **_run_end(_run_status(stop), stop.value, None, now)
                 )
 
@@ -1429,6 +1805,8 @@ class _TurnRecorder:
         async def work(session: AsyncSession) -> None:
             now = utc_now()
             run = await load(session, Run, self.run_id, "run")
+            if run.status != RUNNING:
+                return  # ended elsewhere already (lost lease): that ending stands
             if step is not None:
                 await self._add_step(session, step, status, now)
             _close_run(run, status, stop_reason, error, now)

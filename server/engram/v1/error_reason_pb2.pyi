@@ -40,6 +40,10 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROVIDER_NOT_CONFIGURED: _ClassVar[ErrorReason]
     UPLOAD_TOO_LARGE: _ClassVar[ErrorReason]
     UNSUPPORTED_MEDIA_TYPE: _ClassVar[ErrorReason]
+    RUN_EVENTS_EXPIRED: _ClassVar[ErrorReason]
+    RUN_POSITION_UNKNOWN: _ClassVar[ErrorReason]
+    RUN_ALREADY_ENDED: _ClassVar[ErrorReason]
+    SHUTTING_DOWN: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 NOT_FOUND: ErrorReason
 ALREADY_EXISTS: ErrorReason
@@ -74,3 +78,7 @@ INVALID_PROVIDER_RESPONSE: ErrorReason
 PROVIDER_NOT_CONFIGURED: ErrorReason
 UPLOAD_TOO_LARGE: ErrorReason
 UNSUPPORTED_MEDIA_TYPE: ErrorReason
+RUN_EVENTS_EXPIRED: ErrorReason
+RUN_POSITION_UNKNOWN: ErrorReason
+RUN_ALREADY_ENDED: ErrorReason
+SHUTTING_DOWN: ErrorReason

@@ -33,7 +33,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65ngram/v1/message_service.proto\x12\tengram.v1\x1a\x17\x65ngram/v1/message.proto\x1a\x13\x65ngram/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"k\n\x12SendMessageRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tmax_steps\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"X\n\x13SendMessageResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.engram.v1.Run\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.engram.v1.Message\"\x8a\x01\n\x14StreamMessageRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tmax_steps\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1b\n\rstream_tokens\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\xbb\x01\n\x15SubmitApprovalRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61pprove\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rstream_tokens\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x17\n\tmax_steps\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\x93\x05\n\tTurnEvent\x12 \n\x03run\x18\x01 \x01(\tB\x13\xfa\x41\x10\n\x0e\x65ngram.dev/Run\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12.\n\treasoning\x18\n \x01(\x0b\x32\x19.engram.v1.ReasoningEventH\x00\x12;\n\x10hidden_reasoning\x18\x0b \x01(\x0b\x32\x1f.engram.v1.HiddenReasoningEventH\x00\x12=\n\x11\x61ssistant_message\x18\x0c \x01(\x0b\x32 .engram.v1.AssistantMessageEventH\x00\x12-\n\ttool_call\x18\r \x01(\x0b\x32\x18.engram.v1.ToolCallEventH\x00\x12\x31\n\x0btool_return\x18\x0e \x01(\x0b\x32\x1a.engram.v1.ToolReturnEventH\x00\x12;\n\x10\x61pproval_request\x18\x0f \x01(\x0b\x32\x1f.engram.v1.ApprovalRequestEventH\x00\x12\x31\n\x0bstop_reason\x18\x10 \x01(\x0b\x32\x1a.engram.v1.StopReasonEventH\x00\x12&\n\x05usage\x18\x11 \x01(\x0b\x32\x15.engram.v1.UsageEventH\x00\x12$\n\x04ping\x18\x12 \x01(\x0b\x32\x14.engram.v1.PingEventH\x00\x12&\n\x05\x65rror\x18\x13 \x01(\x0b\x32\x15.engram.v1.ErrorEventH\x00\x12\x38\n\x0ftool_call_delta\x18\x14 \x01(\x0b\x32\x1d.engram.v1.ToolCallDeltaEventH\x00\x42\x07\n\x05\x65vent\"\x1e\n\x0eReasoningEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x16\n\x14HiddenReasoningEvent\"%\n\x15\x41ssistantMessageEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"[\n\x12ToolCallDeltaEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x04 \x01(\t\"A\n\rToolCallEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"J\n\x0fToolReturnEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\n\n\x02ok\x18\x04 \x01(\x08\"H\n\x14\x41pprovalRequestEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"=\n\x0fStopReasonEvent\x12*\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x15.engram.v1.StopReason\"-\n\nUsageEvent\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.engram.v1.Usage\"\x0b\n\tPingEvent\"0\n\nErrorEvent\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\"\xa8\x02\n\x13ListMessagesRequest\x12+\n\x06parent\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\x12\x12\x65ngram.dev/Message\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cnewest_first\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12+\n\x05roles\x18\x05 \x03(\x0e\x32\x16.engram.v1.MessageRoleB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.engram.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa3\x02\n\x15SearchMessagesRequest\x12+\n\x06parent\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\x12\x12\x65ngram.dev/Message\x12\x13\n\x05query\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x05roles\x18\x03 \x03(\x0e\x32\x16.engram.v1.MessageRoleB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\"b\n\x16SearchMessagesResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.engram.v1.MessageSearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"M\n\x13MessageSearchResult\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.engram.v1.Message\x12\x11\n\trelevance\x18\x02 \x01(\x01\"@\n\x14ResetMessagesRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\"6\n\rGetRunRequest\x12%\n\x04name\x18\x01 \x01(\tB\x17\xe2\x41\x01\x02\xfa\x41\x10\n\x0e\x65ngram.dev/Run\"n\n\x0fListRunsRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x01\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.engram.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x13ListRunStepsRequest\x12(\n\x06parent\x18\x01 \x01(\tB\x18\xe2\x41\x01\x02\xfa\x41\x11\x12\x0f\x65ngram.dev/Step\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x14ListRunStepsResponse\x12\x1e\n\x05steps\x18\x01 \x03(\x0b\x32\x0f.engram.v1.Step\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x17GetContextWindowRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x65ngram.dev/ContextWindow\"\xfa\x03\n\rContextWindow\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05limit\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0ctotal_tokens\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\"\n\x14system_prompt_tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12 \n\x12\x63ore_memory_tokens\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11tool_rules_tokens\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12&\n\x18memory_statistics_tokens\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0esummary_tokens\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0fmessages_tokens\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x03\x12%\n\x17tool_definitions_tokens\x18\n \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rmessage_count\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0esystem_message\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66iles_tokens\x18\r \x01(\x03\x42\x04\xe2\x41\x01\x03:Z\xea\x41W\n\x18\x65ngram.dev/ContextWindow\x12\x1c\x61gents/{agent}/contextWindow*\x0e\x63ontextWindows2\rcontextWindow2\xd4\x07\n\x0eMessageService\x12\x86\x01\n\x0bSendMessage\x12\x1d.engram.v1.SendMessageRequest\x1a\x1e.engram.v1.SendMessageResponse\"8\xda\x41\nagent,text\x82\xd3\xe4\x93\x02%\" /v1/{agent=agents/*}:sendMessage:\x01*\x12\x84\x01\n\rStreamMessage\x12\x1f.engram.v1.StreamMessageRequest\x1a\x14.engram.v1.TurnEvent\":\xda\x41\nagent,text\x82\xd3\xe4\x93\x02\'\"\"/v1/{agent=agents/*}:streamMessage:\x01*0\x01\x12\x80\x01\n\x0cListMessages\x12\x1e.engram.v1.ListMessagesRequest\x1a\x1f.engram.v1.ListMessagesResponse\"/\xda\x41\x06parent\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=agents/*}/messages\x12\x93\x01\n\x0eSearchMessages\x12 .engram.v1.SearchMessagesRequest\x1a!.engram.v1.SearchMessagesResponse\"<\xda\x41\x0cparent,query\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=agents/*}/messages:search\x12\x82\x01\n\x10GetContextWindow\x12\".engram.v1.GetContextWindowRequest\x1a\x18.engram.v1.ContextWindow\"0\xda\x41\x04name\x82\xd3\xe4\x93\x02#\x12!/v1/{name=agents/*/contextWindow}\x12\x7f\n\rResetMessages\x12\x1f.engram.v1.ResetMessagesRequest\x1a\x16.google.protobuf.Empty\"5\xda\x41\x05\x61gent\x82\xd3\xe4\x93\x02\'\"\"/v1/{agent=agents/*}:resetMessages:\x01*\x12\x92\x01\n\x0eSubmitApproval\x12 .engram.v1.SubmitApprovalRequest\x1a\x14.engram.v1.TurnEvent\"F\xda\x41\x15\x61gent,call_id,approve\x82\xd3\xe4\x93\x02(\"#/v1/{agent=agents/*}:submitApproval:\x01*0\x01\x32\xb6\x02\n\nRunService\x12T\n\x06GetRun\x12\x18.engram.v1.GetRunRequest\x1a\x0e.engram.v1.Run\" \xda\x41\x04name\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=runs/*}\x12U\n\x08ListRuns\x12\x1a.engram.v1.ListRunsRequest\x1a\x1b.engram.v1.ListRunsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/runs\x12{\n\x0cListRunSteps\x12\x1e.engram.v1.ListRunStepsRequest\x1a\x1f.engram.v1.ListRunStepsResponse\"*\xda\x41\x06parent\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{parent=runs/*}/stepsB4Z2github.com/engram/engram/gen/go/engram/v1;engramv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65ngram/v1/message_service.proto\x12\tengram.v1\x1a\x17\x65ngram/v1/message.proto\x1a\x13\x65ngram/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x9f\x01\n\x12SendMessageRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tmax_steps\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nbackground\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\"X\n\x13SendMessageResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.engram.v1.Run\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.engram.v1.Message\"\xa4\x01\n\x14StreamMessageRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tmax_steps\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1b\n\rstream_tokens\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"\xd5\x01\n\x15SubmitApprovalRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61pprove\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rstream_tokens\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x17\n\tmax_steps\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\"\x93\x05\n\tTurnEvent\x12 \n\x03run\x18\x01 \x01(\tB\x13\xfa\x41\x10\n\x0e\x65ngram.dev/Run\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12.\n\treasoning\x18\n \x01(\x0b\x32\x19.engram.v1.ReasoningEventH\x00\x12;\n\x10hidden_reasoning\x18\x0b \x01(\x0b\x32\x1f.engram.v1.HiddenReasoningEventH\x00\x12=\n\x11\x61ssistant_message\x18\x0c \x01(\x0b\x32 .engram.v1.AssistantMessageEventH\x00\x12-\n\ttool_call\x18\r \x01(\x0b\x32\x18.engram.v1.ToolCallEventH\x00\x12\x31\n\x0btool_return\x18\x0e \x01(\x0b\x32\x1a.engram.v1.ToolReturnEventH\x00\x12;\n\x10\x61pproval_request\x18\x0f \x01(\x0b\x32\x1f.engram.v1.ApprovalRequestEventH\x00\x12\x31\n\x0bstop_reason\x18\x10 \x01(\x0b\x32\x1a.engram.v1.StopReasonEventH\x00\x12&\n\x05usage\x18\x11 \x01(\x0b\x32\x15.engram.v1.UsageEventH\x00\x12$\n\x04ping\x18\x12 \x01(\x0b\x32\x14.engram.v1.PingEventH\x00\x12&\n\x05\x65rror\x18\x13 \x01(\x0b\x32\x15.engram.v1.ErrorEventH\x00\x12\x38\n\x0ftool_call_delta\x18\x14 \x01(\x0b\x32\x1d.engram.v1.ToolCallDeltaEventH\x00\x42\x07\n\x05\x65vent\"\x1e\n\x0eReasoningEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x16\n\x14HiddenReasoningEvent\"%\n\x15\x41ssistantMessageEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"[\n\x12ToolCallDeltaEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x04 \x01(\t\"A\n\rToolCallEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"J\n\x0fToolReturnEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\n\n\x02ok\x18\x04 \x01(\x08\"H\n\x14\x41pprovalRequestEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"=\n\x0fStopReasonEvent\x12*\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x15.engram.v1.StopReason\"-\n\nUsageEvent\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.engram.v1.Usage\"\x0b\n\tPingEvent\"0\n\nErrorEvent\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\"\xa8\x02\n\x13ListMessagesRequest\x12+\n\x06parent\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\x12\x12\x65ngram.dev/Message\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cnewest_first\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12+\n\x05roles\x18\x05 \x03(\x0e\x32\x16.engram.v1.MessageRoleB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.engram.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa3\x02\n\x15SearchMessagesRequest\x12+\n\x06parent\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\x12\x12\x65ngram.dev/Message\x12\x13\n\x05query\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x05roles\x18\x03 \x03(\x0e\x32\x16.engram.v1.MessageRoleB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\"b\n\x16SearchMessagesResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.engram.v1.MessageSearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"M\n\x13MessageSearchResult\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.engram.v1.Message\x12\x11\n\trelevance\x18\x02 \x01(\x01\"@\n\x14ResetMessagesRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\"6\n\rGetRunRequest\x12%\n\x04name\x18\x01 \x01(\tB\x17\xe2\x41\x01\x02\xfa\x41\x10\n\x0e\x65ngram.dev/Run\"\x86\x02\n\x0fListRunsRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x01\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x08statuses\x18\x04 \x03(\x0e\x32\x14.engram.v1.RunStatusB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"R\n\x10StreamRunRequest\x12%\n\x04name\x18\x01 \x01(\tB\x17\xe2\x41\x01\x02\xfa\x41\x10\n\x0e\x65ngram.dev/Run\x12\x17\n\tafter_seq\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\"9\n\x10\x43\x61ncelRunRequest\x12%\n\x04name\x18\x01 \x01(\tB\x17\xe2\x41\x01\x02\xfa\x41\x10\n\x0e\x65ngram.dev/Run\"=\n\x11\x43\x61ncelTurnRequest\x12(\n\x05\x61gent\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10\x65ngram.dev/Agent\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.engram.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x13ListRunStepsRequest\x12(\n\x06parent\x18\x01 \x01(\tB\x18\xe2\x41\x01\x02\xfa\x41\x11\x12\x0f\x65ngram.dev/Step\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x14ListRunStepsResponse\x12\x1e\n\x05steps\x18\x01 \x03(\x0b\x32\x0f.engram.v1.Step\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x17GetContextWindowRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x65ngram.dev/ContextWindow\"\xfa\x03\n\rContextWindow\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05limit\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0ctotal_tokens\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\"\n\x14system_prompt_tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12 \n\x12\x63ore_memory_tokens\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11tool_rules_tokens\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12&\n\x18memory_statistics_tokens\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0esummary_tokens\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0fmessages_tokens\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x03\x12%\n\x17tool_definitions_tokens\x18\n \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rmessage_count\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0esystem_message\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66iles_tokens\x18\r \x01(\x03\x42\x04\xe2\x41\x01\x03:Z\xea\x41W\n\x18\x65ngram.dev/ContextWindow\x12\x1c\x61gents/{agent}/contextWindow*\x0e\x63ontextWindows2\rcontextWindow2\xc4\x08\n\x0eMessageService\x12\x86\x01\n\x0bSendMessage\x12\x1d.engram.v1.SendMessageRequest\x1a\x1e.engram.v1.SendMessageResponse\"8\xda\x41\nagent,text\x82\xd3\xe4\x93\x02%\" /v1/{agent=agents/*}:sendMessage:\x01*\x12\x84\x01\n\rStreamMessage\x12\x1f.engram.v1.StreamMessageRequest\x1a\x14.engram.v1.TurnEvent\":\xda\x41\nagent,text\x82\xd3\xe4\x93\x02\'\"\"/v1/{agent=agents/*}:streamMessage:\x01*0\x01\x12\x80\x01\n\x0cListMessages\x12\x1e.engram.v1.ListMessagesRequest\x1a\x1f.engram.v1.ListMessagesResponse\"/\xda\x41\x06parent\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=agents/*}/messages\x12\x93\x01\n\x0eSearchMessages\x12 .engram.v1.SearchMessagesRequest\x1a!.engram.v1.SearchMessagesResponse\"<\xda\x41\x0cparent,query\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=agents/*}/messages:search\x12\x82\x01\n\x10GetContextWindow\x12\".engram.v1.GetContextWindowRequest\x1a\x18.engram.v1.ContextWindow\"0\xda\x41\x04name\x82\xd3\xe4\x93\x02#\x12!/v1/{name=agents/*/contextWindow}\x12\x7f\n\rResetMessages\x12\x1f.engram.v1.ResetMessagesRequest\x1a\x16.google.protobuf.Empty\"5\xda\x41\x05\x61gent\x82\xd3\xe4\x93\x02\'\"\"/v1/{agent=agents/*}:resetMessages:\x01*\x12n\n\nCancelTurn\x12\x1c.engram.v1.CancelTurnRequest\x1a\x0e.engram.v1.Run\"2\xda\x41\x05\x61gent\x82\xd3\xe4\x93\x02$\"\x1f/v1/{agent=agents/*}:cancelTurn:\x01*\x12\x92\x01\n\x0eSubmitApproval\x12 .engram.v1.SubmitApprovalRequest\x1a\x14.engram.v1.TurnEvent\"F\xda\x41\x15\x61gent,call_id,approve\x82\xd3\xe4\x93\x02(\"#/v1/{agent=agents/*}:submitApproval:\x01*0\x01\x32\x91\x04\n\nRunService\x12T\n\x06GetRun\x12\x18.engram.v1.GetRunRequest\x1a\x0e.engram.v1.Run\" \xda\x41\x04name\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=runs/*}\x12U\n\x08ListRuns\x12\x1a.engram.v1.ListRunsRequest\x1a\x1b.engram.v1.ListRunsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/runs\x12{\n\x0cListRunSteps\x12\x1e.engram.v1.ListRunStepsRequest\x1a\x1f.engram.v1.ListRunStepsResponse\"*\xda\x41\x06parent\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{parent=runs/*}/steps\x12s\n\tStreamRun\x12\x1b.engram.v1.StreamRunRequest\x1a\x14.engram.v1.TurnEvent\"1\xda\x41\x0ename,after_seq\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=runs/*}:stream0\x01\x12\x64\n\tCancelRun\x12\x1b.engram.v1.CancelRunRequest\x1a\x0e.engram.v1.Run\"*\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=runs/*}:cancel:\x01*B4Z2github.com/engram/engram/gen/go/engram/v1;engramv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['text']._serialized_options = b'\342A\001\002'
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['max_steps']._loaded_options = None
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['max_steps']._serialized_options = b'\342A\001\001'
+  _globals['_SENDMESSAGEREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_SENDMESSAGEREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_SENDMESSAGEREQUEST'].fields_by_name['background']._loaded_options = None
+  _globals['_SENDMESSAGEREQUEST'].fields_by_name['background']._serialized_options = b'\342A\001\001'
   _globals['_STREAMMESSAGEREQUEST'].fields_by_name['agent']._loaded_options = None
   _globals['_STREAMMESSAGEREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002\372A\022\n\020engram.dev/Agent'
   _globals['_STREAMMESSAGEREQUEST'].fields_by_name['text']._loaded_options = None
@@ -55,6 +59,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMMESSAGEREQUEST'].fields_by_name['max_steps']._serialized_options = b'\342A\001\001'
   _globals['_STREAMMESSAGEREQUEST'].fields_by_name['stream_tokens']._loaded_options = None
   _globals['_STREAMMESSAGEREQUEST'].fields_by_name['stream_tokens']._serialized_options = b'\342A\001\001'
+  _globals['_STREAMMESSAGEREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_STREAMMESSAGEREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_SUBMITAPPROVALREQUEST'].fields_by_name['agent']._loaded_options = None
   _globals['_SUBMITAPPROVALREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002\372A\022\n\020engram.dev/Agent'
   _globals['_SUBMITAPPROVALREQUEST'].fields_by_name['call_id']._loaded_options = None
@@ -67,6 +73,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITAPPROVALREQUEST'].fields_by_name['stream_tokens']._serialized_options = b'\342A\001\001'
   _globals['_SUBMITAPPROVALREQUEST'].fields_by_name['max_steps']._loaded_options = None
   _globals['_SUBMITAPPROVALREQUEST'].fields_by_name['max_steps']._serialized_options = b'\342A\001\001'
+  _globals['_SUBMITAPPROVALREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_SUBMITAPPROVALREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_TURNEVENT'].fields_by_name['run']._loaded_options = None
   _globals['_TURNEVENT'].fields_by_name['run']._serialized_options = b'\372A\020\n\016engram.dev/Run'
   _globals['_LISTMESSAGESREQUEST'].fields_by_name['parent']._loaded_options = None
@@ -107,6 +115,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRUNSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTRUNSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTRUNSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTRUNSREQUEST'].fields_by_name['statuses']._loaded_options = None
+  _globals['_LISTRUNSREQUEST'].fields_by_name['statuses']._serialized_options = b'\342A\001\001'
+  _globals['_LISTRUNSREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_LISTRUNSREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTRUNSREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_LISTRUNSREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
+  _globals['_STREAMRUNREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_STREAMRUNREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\020\n\016engram.dev/Run'
+  _globals['_STREAMRUNREQUEST'].fields_by_name['after_seq']._loaded_options = None
+  _globals['_STREAMRUNREQUEST'].fields_by_name['after_seq']._serialized_options = b'\342A\001\001'
+  _globals['_CANCELRUNREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CANCELRUNREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\020\n\016engram.dev/Run'
+  _globals['_CANCELTURNREQUEST'].fields_by_name['agent']._loaded_options = None
+  _globals['_CANCELTURNREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002\372A\022\n\020engram.dev/Agent'
   _globals['_LISTRUNSTEPSREQUEST'].fields_by_name['parent']._loaded_options = None
   _globals['_LISTRUNSTEPSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\021\022\017engram.dev/Step'
   _globals['_LISTRUNSTEPSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -155,6 +177,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGESERVICE'].methods_by_name['GetContextWindow']._serialized_options = b'\332A\004name\202\323\344\223\002#\022!/v1/{name=agents/*/contextWindow}'
   _globals['_MESSAGESERVICE'].methods_by_name['ResetMessages']._loaded_options = None
   _globals['_MESSAGESERVICE'].methods_by_name['ResetMessages']._serialized_options = b'\332A\005agent\202\323\344\223\002\'\"\"/v1/{agent=agents/*}:resetMessages:\001*'
+  _globals['_MESSAGESERVICE'].methods_by_name['CancelTurn']._loaded_options = None
+  _globals['_MESSAGESERVICE'].methods_by_name['CancelTurn']._serialized_options = b'\332A\005agent\202\323\344\223\002$\"\037/v1/{agent=agents/*}:cancelTurn:\001*'
   _globals['_MESSAGESERVICE'].methods_by_name['SubmitApproval']._loaded_options = None
   _globals['_MESSAGESERVICE'].methods_by_name['SubmitApproval']._serialized_options = b'\332A\025agent,call_id,approve\202\323\344\223\002(\"#/v1/{agent=agents/*}:submitApproval:\001*'
   _globals['_RUNSERVICE'].methods_by_name['GetRun']._loaded_options = None
@@ -163,66 +187,76 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNSERVICE'].methods_by_name['ListRuns']._serialized_options = b'\202\323\344\223\002\n\022\010/v1/runs'
   _globals['_RUNSERVICE'].methods_by_name['ListRunSteps']._loaded_options = None
   _globals['_RUNSERVICE'].methods_by_name['ListRunSteps']._serialized_options = b'\332A\006parent\202\323\344\223\002\033\022\031/v1/{parent=runs/*}/steps'
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=294
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=401
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=403
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=491
-  _globals['_STREAMMESSAGEREQUEST']._serialized_start=494
-  _globals['_STREAMMESSAGEREQUEST']._serialized_end=632
-  _globals['_SUBMITAPPROVALREQUEST']._serialized_start=635
-  _globals['_SUBMITAPPROVALREQUEST']._serialized_end=822
-  _globals['_TURNEVENT']._serialized_start=825
-  _globals['_TURNEVENT']._serialized_end=1484
-  _globals['_REASONINGEVENT']._serialized_start=1486
-  _globals['_REASONINGEVENT']._serialized_end=1516
-  _globals['_HIDDENREASONINGEVENT']._serialized_start=1518
-  _globals['_HIDDENREASONINGEVENT']._serialized_end=1540
-  _globals['_ASSISTANTMESSAGEEVENT']._serialized_start=1542
-  _globals['_ASSISTANTMESSAGEEVENT']._serialized_end=1579
-  _globals['_TOOLCALLDELTAEVENT']._serialized_start=1581
-  _globals['_TOOLCALLDELTAEVENT']._serialized_end=1672
-  _globals['_TOOLCALLEVENT']._serialized_start=1674
-  _globals['_TOOLCALLEVENT']._serialized_end=1739
-  _globals['_TOOLRETURNEVENT']._serialized_start=1741
-  _globals['_TOOLRETURNEVENT']._serialized_end=1815
-  _globals['_APPROVALREQUESTEVENT']._serialized_start=1817
-  _globals['_APPROVALREQUESTEVENT']._serialized_end=1889
-  _globals['_STOPREASONEVENT']._serialized_start=1891
-  _globals['_STOPREASONEVENT']._serialized_end=1952
-  _globals['_USAGEEVENT']._serialized_start=1954
-  _globals['_USAGEEVENT']._serialized_end=1999
-  _globals['_PINGEVENT']._serialized_start=2001
-  _globals['_PINGEVENT']._serialized_end=2012
-  _globals['_ERROREVENT']._serialized_start=2014
-  _globals['_ERROREVENT']._serialized_end=2062
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=2065
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=2361
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2363
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2448
-  _globals['_SEARCHMESSAGESREQUEST']._serialized_start=2451
-  _globals['_SEARCHMESSAGESREQUEST']._serialized_end=2742
-  _globals['_SEARCHMESSAGESRESPONSE']._serialized_start=2744
-  _globals['_SEARCHMESSAGESRESPONSE']._serialized_end=2842
-  _globals['_MESSAGESEARCHRESULT']._serialized_start=2844
-  _globals['_MESSAGESEARCHRESULT']._serialized_end=2921
-  _globals['_RESETMESSAGESREQUEST']._serialized_start=2923
-  _globals['_RESETMESSAGESREQUEST']._serialized_end=2987
-  _globals['_GETRUNREQUEST']._serialized_start=2989
-  _globals['_GETRUNREQUEST']._serialized_end=3043
-  _globals['_LISTRUNSREQUEST']._serialized_start=3045
-  _globals['_LISTRUNSREQUEST']._serialized_end=3155
-  _globals['_LISTRUNSRESPONSE']._serialized_start=3157
-  _globals['_LISTRUNSRESPONSE']._serialized_end=3230
-  _globals['_LISTRUNSTEPSREQUEST']._serialized_start=3232
-  _globals['_LISTRUNSTEPSREQUEST']._serialized_end=3346
-  _globals['_LISTRUNSTEPSRESPONSE']._serialized_start=3348
-  _globals['_LISTRUNSTEPSRESPONSE']._serialized_end=3427
-  _globals['_GETCONTEXTWINDOWREQUEST']._serialized_start=3429
-  _globals['_GETCONTEXTWINDOWREQUEST']._serialized_end=3503
-  _globals['_CONTEXTWINDOW']._serialized_start=3506
-  _globals['_CONTEXTWINDOW']._serialized_end=4012
-  _globals['_MESSAGESERVICE']._serialized_start=4015
-  _globals['_MESSAGESERVICE']._serialized_end=4995
-  _globals['_RUNSERVICE']._serialized_start=4998
-  _globals['_RUNSERVICE']._serialized_end=5308
+  _globals['_RUNSERVICE'].methods_by_name['StreamRun']._loaded_options = None
+  _globals['_RUNSERVICE'].methods_by_name['StreamRun']._serialized_options = b'\332A\016name,after_seq\202\323\344\223\002\032\022\030/v1/{name=runs/*}:stream'
+  _globals['_RUNSERVICE'].methods_by_name['CancelRun']._loaded_options = None
+  _globals['_RUNSERVICE'].methods_by_name['CancelRun']._serialized_options = b'\332A\004name\202\323\344\223\002\035\"\030/v1/{name=runs/*}:cancel:\001*'
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=295
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=454
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=456
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=544
+  _globals['_STREAMMESSAGEREQUEST']._serialized_start=547
+  _globals['_STREAMMESSAGEREQUEST']._serialized_end=711
+  _globals['_SUBMITAPPROVALREQUEST']._serialized_start=714
+  _globals['_SUBMITAPPROVALREQUEST']._serialized_end=927
+  _globals['_TURNEVENT']._serialized_start=930
+  _globals['_TURNEVENT']._serialized_end=1589
+  _globals['_REASONINGEVENT']._serialized_start=1591
+  _globals['_REASONINGEVENT']._serialized_end=1621
+  _globals['_HIDDENREASONINGEVENT']._serialized_start=1623
+  _globals['_HIDDENREASONINGEVENT']._serialized_end=1645
+  _globals['_ASSISTANTMESSAGEEVENT']._serialized_start=1647
+  _globals['_ASSISTANTMESSAGEEVENT']._serialized_end=1684
+  _globals['_TOOLCALLDELTAEVENT']._serialized_start=1686
+  _globals['_TOOLCALLDELTAEVENT']._serialized_end=1777
+  _globals['_TOOLCALLEVENT']._serialized_start=1779
+  _globals['_TOOLCALLEVENT']._serialized_end=1844
+  _globals['_TOOLRETURNEVENT']._serialized_start=1846
+  _globals['_TOOLRETURNEVENT']._serialized_end=1920
+  _globals['_APPROVALREQUESTEVENT']._serialized_start=1922
+  _globals['_APPROVALREQUESTEVENT']._serialized_end=1994
+  _globals['_STOPREASONEVENT']._serialized_start=1996
+  _globals['_STOPREASONEVENT']._serialized_end=2057
+  _globals['_USAGEEVENT']._serialized_start=2059
+  _globals['_USAGEEVENT']._serialized_end=2104
+  _globals['_PINGEVENT']._serialized_start=2106
+  _globals['_PINGEVENT']._serialized_end=2117
+  _globals['_ERROREVENT']._serialized_start=2119
+  _globals['_ERROREVENT']._serialized_end=2167
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=2170
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=2466
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2468
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2553
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_start=2556
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_end=2847
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_start=2849
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_end=2947
+  _globals['_MESSAGESEARCHRESULT']._serialized_start=2949
+  _globals['_MESSAGESEARCHRESULT']._serialized_end=3026
+  _globals['_RESETMESSAGESREQUEST']._serialized_start=3028
+  _globals['_RESETMESSAGESREQUEST']._serialized_end=3092
+  _globals['_GETRUNREQUEST']._serialized_start=3094
+  _globals['_GETRUNREQUEST']._serialized_end=3148
+  _globals['_LISTRUNSREQUEST']._serialized_start=3151
+  _globals['_LISTRUNSREQUEST']._serialized_end=3413
+  _globals['_STREAMRUNREQUEST']._serialized_start=3415
+  _globals['_STREAMRUNREQUEST']._serialized_end=3497
+  _globals['_CANCELRUNREQUEST']._serialized_start=3499
+  _globals['_CANCELRUNREQUEST']._serialized_end=3556
+  _globals['_CANCELTURNREQUEST']._serialized_start=3558
+  _globals['_CANCELTURNREQUEST']._serialized_end=3619
+  _globals['_LISTRUNSRESPONSE']._serialized_start=3621
+  _globals['_LISTRUNSRESPONSE']._serialized_end=3694
+  _globals['_LISTRUNSTEPSREQUEST']._serialized_start=3696
+  _globals['_LISTRUNSTEPSREQUEST']._serialized_end=3810
+  _globals['_LISTRUNSTEPSRESPONSE']._serialized_start=3812
+  _globals['_LISTRUNSTEPSRESPONSE']._serialized_end=3891
+  _globals['_GETCONTEXTWINDOWREQUEST']._serialized_start=3893
+  _globals['_GETCONTEXTWINDOWREQUEST']._serialized_end=3967
+  _globals['_CONTEXTWINDOW']._serialized_start=3970
+  _globals['_CONTEXTWINDOW']._serialized_end=4476
+  _globals['_MESSAGESERVICE']._serialized_start=4479
+  _globals['_MESSAGESERVICE']._serialized_end=5571
+  _globals['_RUNSERVICE']._serialized_start=5574
+  _globals['_RUNSERVICE']._serialized_end=6103
 # @@protoc_insertion_point(module_scope)

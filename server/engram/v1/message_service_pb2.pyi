@@ -18,14 +18,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("agent", "text", "max_steps")
+    __slots__ = ("agent", "text", "max_steps", "request_id", "background")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     agent: str
     text: str
     max_steps: int
-    def __init__(self, agent: _Optional[str] = ..., text: _Optional[str] = ..., max_steps: _Optional[int] = ...) -> None: ...
+    request_id: str
+    background: bool
+    def __init__(self, agent: _Optional[str] = ..., text: _Optional[str] = ..., max_steps: _Optional[int] = ..., request_id: _Optional[str] = ..., background: _Optional[bool] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("run", "messages")
@@ -36,32 +40,36 @@ class SendMessageResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
 
 class StreamMessageRequest(_message.Message):
-    __slots__ = ("agent", "text", "max_steps", "stream_tokens")
+    __slots__ = ("agent", "text", "max_steps", "stream_tokens", "request_id")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     STREAM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     agent: str
     text: str
     max_steps: int
     stream_tokens: bool
-    def __init__(self, agent: _Optional[str] = ..., text: _Optional[str] = ..., max_steps: _Optional[int] = ..., stream_tokens: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, agent: _Optional[str] = ..., text: _Optional[str] = ..., max_steps: _Optional[int] = ..., stream_tokens: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitApprovalRequest(_message.Message):
-    __slots__ = ("agent", "call_id", "approve", "reason", "stream_tokens", "max_steps")
+    __slots__ = ("agent", "call_id", "approve", "reason", "stream_tokens", "max_steps", "request_id")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     STREAM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     agent: str
     call_id: str
     approve: bool
     reason: str
     stream_tokens: bool
     max_steps: int
-    def __init__(self, agent: _Optional[str] = ..., call_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., stream_tokens: _Optional[bool] = ..., max_steps: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, agent: _Optional[str] = ..., call_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., stream_tokens: _Optional[bool] = ..., max_steps: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class TurnEvent(_message.Message):
     __slots__ = ("run", "seq", "step", "message_id", "reasoning", "hidden_reasoning", "assistant_message", "tool_call", "tool_return", "approval_request", "stop_reason", "usage", "ping", "error", "tool_call_delta")
@@ -252,14 +260,40 @@ class GetRunRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("agent", "page_size", "page_token")
+    __slots__ = ("agent", "page_size", "page_token", "statuses", "start_time", "end_time")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
     agent: str
     page_size: int
     page_token: str
-    def __init__(self, agent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    statuses: _containers.RepeatedScalarFieldContainer[_run_pb2.RunStatus]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, agent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_run_pb2.RunStatus, str]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StreamRunRequest(_message.Message):
+    __slots__ = ("name", "after_seq")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    after_seq: int
+    def __init__(self, name: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CancelTurnRequest(_message.Message):
+    __slots__ = ("agent",)
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    def __init__(self, agent: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")

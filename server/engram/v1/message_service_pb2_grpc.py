@@ -34,6 +34,14 @@ class MessageServiceStub:
 
     One agent runs one turn at a time: a second message while a turn runs is
     FAILED_PRECONDITION with a `PreconditionFailure` of type AGENT_BUSY.
+
+    Runs are durable: a run keeps going when the client that started it goes
+    away (a dropped stream, a deadline, a crashed client), and its events are
+    kept so that StreamRun can replay and follow them from any replica. Only
+    CancelRun and CancelTurn stop a run. The turn-starting RPCs take a
+    `request_id`: a retry with the same id (a client's, or a mesh's after
+    UNAVAILABLE) attaches to the run the first attempt started instead of
+    starting a second one.
     """
 
     def __init__(self, channel):
@@ -72,6 +80,11 @@ class MessageServiceStub:
                 request_serializer=engram_dot_v1_dot_message__service__pb2.ResetMessagesRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CancelTurn = channel.unary_unary(
+                '/engram.v1.MessageService/CancelTurn',
+                request_serializer=engram_dot_v1_dot_message__service__pb2.CancelTurnRequest.SerializeToString,
+                response_deserializer=engram_dot_v1_dot_run__pb2.Run.FromString,
+                _registered_method=True)
         self.SubmitApproval = channel.unary_stream(
                 '/engram.v1.MessageService/SubmitApproval',
                 request_serializer=engram_dot_v1_dot_message__service__pb2.SubmitApprovalRequest.SerializeToString,
@@ -86,11 +99,24 @@ class MessageServiceServicer:
 
     One agent runs one turn at a time: a second message while a turn runs is
     FAILED_PRECONDITION with a `PreconditionFailure` of type AGENT_BUSY.
+
+    Runs are durable: a run keeps going when the client that started it goes
+    away (a dropped stream, a deadline, a crashed client), and its events are
+    kept so that StreamRun can replay and follow them from any replica. Only
+    CancelRun and CancelTurn stop a run. The turn-starting RPCs take a
+    `request_id`: a retry with the same id (a client's, or a mesh's after
+    UNAVAILABLE) attaches to the run the first attempt started instead of
+    starting a second one.
     """
 
     def SendMessage(self, request, context):
         """Sends a user message and returns when the turn has ended, with the run
-        and every message it wrote.
+        and every message it wrote; with `background`, returns as soon as the run
+        has started (follow it with StreamRun, or poll GetRun).
+
+        The client's deadline bounds each of the run's model calls, unless the
+        run is in the background: a model call that cannot finish before the
+        deadline fails the run, since nobody would be waiting for its answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +127,11 @@ class MessageServiceServicer:
         carries the run and a per-run sequence number starting at 1; the stream
         ends with a `stop_reason` event followed by a `usage` event. While the
         model is thinking, `ping` events keep proxies from closing the stream.
+
+        If the stream breaks, the run goes on: call StreamRun with the run and
+        the last `seq` received to get exactly the events that were missed, then
+        the rest as they happen. The client's deadline ends the stream, not the
+        run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +177,16 @@ class MessageServiceServicer:
         """Empties the agent's context window: later turns start from a fresh
         buffer. The conversation stays in recall memory (ListMessages and the
         agent's conversation search still find it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTurn(self, request, context):
+        """Cancels the agent's turn: its running run, or the run paused on an
+        approval request. Works on any replica, like CancelRun, and returns the
+        run once it has stopped. An agent with no such run is
+        FAILED_PRECONDITION with a `PreconditionFailure` of type NO_ACTIVE_RUN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +247,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     request_deserializer=engram_dot_v1_dot_message__service__pb2.ResetMessagesRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'CancelTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTurn,
+                    request_deserializer=engram_dot_v1_dot_message__service__pb2.CancelTurnRequest.FromString,
+                    response_serializer=engram_dot_v1_dot_run__pb2.Run.SerializeToString,
+            ),
             'SubmitApproval': grpc.unary_stream_rpc_method_handler(
                     servicer.SubmitApproval,
                     request_deserializer=engram_dot_v1_dot_message__service__pb2.SubmitApprovalRequest.FromString,
@@ -226,6 +272,14 @@ class MessageService:
 
     One agent runs one turn at a time: a second message while a turn runs is
     FAILED_PRECONDITION with a `PreconditionFailure` of type AGENT_BUSY.
+
+    Runs are durable: a run keeps going when the client that started it goes
+    away (a dropped stream, a deadline, a crashed client), and its events are
+    kept so that StreamRun can replay and follow them from any replica. Only
+    CancelRun and CancelTurn stop a run. The turn-starting RPCs take a
+    `request_id`: a retry with the same id (a client's, or a mesh's after
+    UNAVAILABLE) attaches to the run the first attempt started instead of
+    starting a second one.
     """
 
     @staticmethod
@@ -391,6 +445,33 @@ class MessageService:
             _registered_method=True)
 
     @staticmethod
+    def CancelTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.v1.MessageService/CancelTurn',
+            engram_dot_v1_dot_message__service__pb2.CancelTurnRequest.SerializeToString,
+            engram_dot_v1_dot_run__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def SubmitApproval(request,
             target,
             options=(),
@@ -443,6 +524,16 @@ class RunServiceStub:
                 request_serializer=engram_dot_v1_dot_message__service__pb2.ListRunStepsRequest.SerializeToString,
                 response_deserializer=engram_dot_v1_dot_message__service__pb2.ListRunStepsResponse.FromString,
                 _registered_method=True)
+        self.StreamRun = channel.unary_stream(
+                '/engram.v1.RunService/StreamRun',
+                request_serializer=engram_dot_v1_dot_message__service__pb2.StreamRunRequest.SerializeToString,
+                response_deserializer=engram_dot_v1_dot_message__service__pb2.TurnEvent.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/engram.v1.RunService/CancelRun',
+                request_serializer=engram_dot_v1_dot_message__service__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=engram_dot_v1_dot_run__pb2.Run.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -470,6 +561,38 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamRun(self, request, context):
+        """Streams a run's events after `after_seq`: first exactly the ones with a
+        higher sequence number that were already written, then each new one as
+        it happens, until the run's last event (`stop_reason` and `usage`, or
+        `error`). A run that has ended replays to its end and closes. Works on
+        any replica when the servers share Redis (ENGRAM_REDIS_URL); without it,
+        only on the server process running the run.
+
+        Events are kept for ENGRAM_RUN_EVENT_RETENTION_SECONDS (3 hours) after a
+        run's last one. A position no longer kept is FAILED_PRECONDITION with
+        reason RUN_EVENTS_EXPIRED; a position beyond the run's last event is
+        FAILED_PRECONDITION with reason RUN_POSITION_UNKNOWN. Neither will
+        succeed on retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """Cancels a run from any replica. A running run stops at its next safe
+        point: at once while it waits for the model (the step in progress is not
+        stored), after its tool calls when it is running them. A run paused on an
+        approval request gets a refusal for each unanswered call, so the agent is
+        never left waiting. Either way the run ends CANCELLED, its stream ends
+        with a `cancelled` stop reason, and the run is returned once it has
+        stopped (or as it is when the call's deadline comes first). A run that
+        has already ended is FAILED_PRECONDITION with reason RUN_ALREADY_ENDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -487,6 +610,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ListRunSteps,
                     request_deserializer=engram_dot_v1_dot_message__service__pb2.ListRunStepsRequest.FromString,
                     response_serializer=engram_dot_v1_dot_message__service__pb2.ListRunStepsResponse.SerializeToString,
+            ),
+            'StreamRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamRun,
+                    request_deserializer=engram_dot_v1_dot_message__service__pb2.StreamRunRequest.FromString,
+                    response_serializer=engram_dot_v1_dot_message__service__pb2.TurnEvent.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=engram_dot_v1_dot_message__service__pb2.CancelRunRequest.FromString,
+                    response_serializer=engram_dot_v1_dot_run__pb2.Run.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -571,6 +704,60 @@ class RunService:
             '/engram.v1.RunService/ListRunSteps',
             engram_dot_v1_dot_message__service__pb2.ListRunStepsRequest.SerializeToString,
             engram_dot_v1_dot_message__service__pb2.ListRunStepsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/engram.v1.RunService/StreamRun',
+            engram_dot_v1_dot_message__service__pb2.StreamRunRequest.SerializeToString,
+            engram_dot_v1_dot_message__service__pb2.TurnEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.v1.RunService/CancelRun',
+            engram_dot_v1_dot_message__service__pb2.CancelRunRequest.SerializeToString,
+            engram_dot_v1_dot_run__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,

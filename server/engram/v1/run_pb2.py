@@ -27,7 +27,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x65ngram/v1/run.proto\x12\tengram.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n\x03Run\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12(\n\x05\x61gent\x18\x03 \x01(\tB\x19\xe2\x41\x01\x03\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x14.engram.v1.RunStatusB\x04\xe2\x41\x01\x03\x12\x30\n\x0bstop_reason\x18\x05 \x01(\x0e\x32\x15.engram.v1.StopReasonB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12%\n\x05usage\x18\x07 \x01(\x0b\x32\x10.engram.v1.UsageB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:*\xea\x41\'\n\x0e\x65ngram.dev/Run\x12\nruns/{run}*\x04runs2\x03run\"c\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x12\n\nstep_count\x18\x04 \x01(\x05\"\xa6\x02\n\x04Step\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12%\n\x05usage\x18\x05 \x01(\x0b\x32\x10.engram.v1.UsageB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03::\xea\x41\x37\n\x0f\x65ngram.dev/Step\x12\x17runs/{run}/steps/{step}*\x05steps2\x04step*\xa2\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_CREATED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05*\xcc\x02\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_END_TURN\x10\x01\x12\x19\n\x15STOP_REASON_MAX_STEPS\x10\x02\x12\x19\n\x15STOP_REASON_TOOL_RULE\x10\x03\x12!\n\x1dSTOP_REASON_REQUIRES_APPROVAL\x10\x04\x12#\n\x1fSTOP_REASON_MAX_TOKENS_EXCEEDED\x10\x05\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x06\x12\x1d\n\x19STOP_REASON_LLM_API_ERROR\x10\x07\x12\x15\n\x11STOP_REASON_ERROR\x10\x08\x12\x38\n4STOP_REASON_CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT\x10\tB4Z2github.com/engram/engram/gen/go/engram/v1;engramv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x65ngram/v1/run.proto\x12\tengram.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x03\n\x03Run\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12(\n\x05\x61gent\x18\x03 \x01(\tB\x19\xe2\x41\x01\x03\xfa\x41\x12\n\x10\x65ngram.dev/Agent\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x14.engram.v1.RunStatusB\x04\xe2\x41\x01\x03\x12\x30\n\x0bstop_reason\x18\x05 \x01(\x0e\x32\x15.engram.v1.StopReasonB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12%\n\x05usage\x18\x07 \x01(\x0b\x32\x10.engram.v1.UsageB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nbackground\x18\n \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63\x61ncel_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:*\xea\x41\'\n\x0e\x65ngram.dev/Run\x12\nruns/{run}*\x04runs2\x03run\"c\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x12\n\nstep_count\x18\x04 \x01(\x05\"\xa6\x02\n\x04Step\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12%\n\x05usage\x18\x05 \x01(\x0b\x32\x10.engram.v1.UsageB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03::\xea\x41\x37\n\x0f\x65ngram.dev/Step\x12\x17runs/{run}/steps/{step}*\x05steps2\x04step*\xa2\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_CREATED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05*\x85\x03\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_END_TURN\x10\x01\x12\x19\n\x15STOP_REASON_MAX_STEPS\x10\x02\x12\x19\n\x15STOP_REASON_TOOL_RULE\x10\x03\x12!\n\x1dSTOP_REASON_REQUIRES_APPROVAL\x10\x04\x12#\n\x1fSTOP_REASON_MAX_TOKENS_EXCEEDED\x10\x05\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x06\x12\x1d\n\x19STOP_REASON_LLM_API_ERROR\x10\x07\x12\x15\n\x11STOP_REASON_ERROR\x10\x08\x12\x38\n4STOP_REASON_CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT\x10\t\x12\x1a\n\x16STOP_REASON_OWNER_LOST\x10\n\x12\x1b\n\x17STOP_REASON_INTERRUPTED\x10\x0b\x42\x34Z2github.com/engram/engram/gen/go/engram/v1;engramv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,6 +53,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_RUN'].fields_by_name['end_time']._loaded_options = None
   _globals['_RUN'].fields_by_name['end_time']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['background']._loaded_options = None
+  _globals['_RUN'].fields_by_name['background']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['cancel_time']._loaded_options = None
+  _globals['_RUN'].fields_by_name['cancel_time']._serialized_options = b'\342A\001\003'
   _globals['_RUN']._loaded_options = None
   _globals['_RUN']._serialized_options = b'\352A\'\n\016engram.dev/Run\022\nruns/{run}*\004runs2\003run'
   _globals['_STEP'].fields_by_name['name']._loaded_options = None
@@ -71,14 +75,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEP'].fields_by_name['end_time']._serialized_options = b'\342A\001\003'
   _globals['_STEP']._loaded_options = None
   _globals['_STEP']._serialized_options = b'\352A7\n\017engram.dev/Step\022\027runs/{run}/steps/{step}*\005steps2\004step'
-  _globals['_RUNSTATUS']._serialized_start=919
-  _globals['_RUNSTATUS']._serialized_end=1081
-  _globals['_STOPREASON']._serialized_start=1084
-  _globals['_STOPREASON']._serialized_end=1416
+  _globals['_RUNSTATUS']._serialized_start=1000
+  _globals['_RUNSTATUS']._serialized_end=1162
+  _globals['_STOPREASON']._serialized_start=1165
+  _globals['_STOPREASON']._serialized_end=1554
   _globals['_RUN']._serialized_start=128
-  _globals['_RUN']._serialized_end=518
-  _globals['_USAGE']._serialized_start=520
-  _globals['_USAGE']._serialized_end=619
-  _globals['_STEP']._serialized_start=622
-  _globals['_STEP']._serialized_end=916
+  _globals['_RUN']._serialized_end=599
+  _globals['_USAGE']._serialized_start=601
+  _globals['_USAGE']._serialized_end=700
+  _globals['_STEP']._serialized_start=703
+  _globals['_STEP']._serialized_end=997
 # @@protoc_insertion_point(module_scope)

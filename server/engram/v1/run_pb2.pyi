@@ -32,6 +32,8 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_LLM_API_ERROR: _ClassVar[StopReason]
     STOP_REASON_ERROR: _ClassVar[StopReason]
     STOP_REASON_CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT: _ClassVar[StopReason]
+    STOP_REASON_OWNER_LOST: _ClassVar[StopReason]
+    STOP_REASON_INTERRUPTED: _ClassVar[StopReason]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_CREATED: RunStatus
 RUN_STATUS_RUNNING: RunStatus
@@ -48,9 +50,11 @@ STOP_REASON_CANCELLED: StopReason
 STOP_REASON_LLM_API_ERROR: StopReason
 STOP_REASON_ERROR: StopReason
 STOP_REASON_CONTEXT_WINDOW_OVERFLOW_IN_SYSTEM_PROMPT: StopReason
+STOP_REASON_OWNER_LOST: StopReason
+STOP_REASON_INTERRUPTED: StopReason
 
 class Run(_message.Message):
-    __slots__ = ("name", "id", "agent", "status", "stop_reason", "error", "usage", "create_time", "end_time")
+    __slots__ = ("name", "id", "agent", "status", "stop_reason", "error", "usage", "create_time", "end_time", "background", "cancel_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +64,8 @@ class Run(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     agent: str
@@ -69,7 +75,9 @@ class Run(_message.Message):
     usage: Usage
     create_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., error: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    background: bool
+    cancel_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., error: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., background: _Optional[bool] = ..., cancel_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "step_count")

@@ -30,10 +30,17 @@ class Run(PrefixedId, Timestamped, OrganizationScoped, Base):
         "metadata", JsonDocument, nullable=False, default=dict
     )
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # The server process running the run, and when its claim lapses unless it
+    # renews it; a running run with a lapsed lease belongs to a dead process.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # When a client asked to cancel the run (from any replica).
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     __table_args__ = (
         UniqueConstraint("organization_id", "request_id"),
         Index(None, "agent_id", "status"),
+        Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
     )
 
 
