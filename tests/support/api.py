@@ -18,6 +18,7 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from engram.adapters.embeddings.registry import EmbeddingRegistry
+from engram.adapters.event_log.factory import EventLogBackend
 from engram.adapters.llm.registry import ProviderRegistry
 from engram.config.settings import Settings
 from engram.rpc.application import Application, Services
@@ -127,6 +128,7 @@ async def running_api(
     providers: ProviderRegistry | None = None,
     keyring: KeyRing | None = None,
     embeddings: EmbeddingRegistry | None = None,
+    run_events: EventLogBackend | None = None,
 ) -> AsyncIterator[ApiHarness]:
     """The harness; without ``keyring`` the server has no encryption key (no stored secrets).
 
@@ -147,6 +149,8 @@ async def running_api(
         keyring=keyring,
         compaction_trigger=settings.compaction_trigger_fraction,
         embeddings=embeddings,
+        run_events=run_events,
+        run_lease_seconds=settings.run_lease_seconds,
     )
     services.start()
     app.ready(services)

@@ -161,6 +161,11 @@ RUNTIME_AUTHOR = "engram"
 UNMANAGED_LEASE = timedelta(minutes=30)
 UNMANAGED_OWNER = "unmanaged"
 RUN_REQUEST_CONSTRAINT = "uq_runs_organization_id_request_id"
+# How long a start refused because the agent is busy looks for a concurrent
+# attempt's run under the same request id (the first attempt commits its run
+# in its first transaction): 40 checks, 25 ms apart.
+REQUEST_RACE_CHECKS = 40
+REQUEST_RACE_PAUSE_SECONDS = 0.025
 # Runs a CancelRun can still stop: running, or paused on an approval request.
 STOP_REQUIRES_APPROVAL = StopReason.REQUIRES_APPROVAL.value
 CANCELLED_CALL_NOTICE = "Not run: the run was cancelled before this call was approved."
@@ -395,12 +400,13 @@ class MessageService:
         )
         try:
             started = await anext(turn)  # the run exists once this returns
-        except UniqueViolationError as error:
+        except (UniqueViolationError, FailedPreconditionError) as error:
             await turn.aclose()
-            if error.constraint != RUN_REQUEST_CONSTRAINT:
+            if not options.request_id or not _lost_to_same_request(error):
                 raise
-            # A concurrent attempt with the same request id won the race.
-            existing = await self._run_of_request(caller, agent_id, options.request_id)
+            # A concurrent attempt with the same request id got there first: it
+            # holds the agent, and its run is committed at once or very soon.
+            existing = await self._await_run_of_request(caller, agent_id, options.request_id)
             if existing is None:
                 raise
             return existing
@@ -423,6 +429,17 @@ class MessageService:
         if found.agent_id != agent_id:
             raise request_id_reused(agent_id)
         return str(found.id)
+
+    async def _await_run_of_request(
+        self, caller: Caller, agent_id: str, request_id: str
+    ) -> str | None:
+        """The run of ``request_id``, waiting briefly for a concurrent attempt to commit it."""
+        for _ in range(REQUEST_RACE_CHECKS):
+            existing = await self._run_of_request(caller, agent_id, request_id)
+            if existing is not None:
+                return existing
+            await asyncio.sleep(REQUEST_RACE_PAUSE_SECONDS)
+        return None
 
     def _executor(self) -> RunExecutor:
         if self.executor is None:
@@ -1034,6 +1051,14 @@ def _events_may_come(run: Run, local: bool, log_kind: str) -> bool:
         return True
     ended = run.completed_at
     return ended is not None and utc_now() - ended < RECENTLY_ENDED
+
+
+def _lost_to_same_request(error: Exception) -> bool:
+    """Whether a refused start may have lost to an attempt with the same request id:
+    the run insert's unique request id, or the agent busy with that attempt's turn."""
+    if isinstance(error, UniqueViolationError):
+        return error.constraint == RUN_REQUEST_CONSTRAINT
+    return isinstance(error, FailedPreconditionError) and error.violation_type == "AGENT_BUSY"
 
 
 # --- refusals --------------------------------------------------------------------------

@@ -1,0 +1,537 @@
+"""Durable runs through the stubs, in one server: resume, idempotent starts, cancel, drain.
+
+Runs outlive their streams: a dropped stream is resumed with StreamRun from
+the last seq, a retried start attaches to the first run, cancellation works
+by run or by agent, and shutdown ends what cannot finish.  Both storage
+engines, with the in-process event log and with Redis; several servers
+sharing Redis are covered by test_replicas.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+
+from engram.adapters.event_log.base import LoggedEvent
+from engram.adapters.event_log.factory import EventLogBackend, open_event_log
+from engram.config.settings import Settings
+from engram.rpc.errors import reason_of, unpack_detail
+from engram.store.database import Database
+from engram.store.models import Run
+from engram.store.types import utc_now
+from engram.v1 import (
+    agent_pb2,
+    agent_service_pb2,
+    message_pb2,
+    message_service_pb2,
+    run_pb2,
+    tool_rule_pb2,
+)
+from support.api import ApiHarness, Client, rich_status, running_api
+from support.fake_provider import FakeProvider, Reply, ToolCall
+from support.llm import MODEL, fake_registry
+from support.redis import RedisServer
+
+TurnEvent = message_service_pb2.TurnEvent
+LOG_KINDS = ("memory", "redis")
+
+
+@pytest.fixture(params=LOG_KINDS)
+def log_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _backend(kind: str, redis_server: RedisServer, max_length: int) -> EventLogBackend:
+    url = redis_server.url if kind == "redis" else None
+    return await open_event_log(url, retention_seconds=600, max_length=max_length)
+
+
+async def _harness(
+    settings: Settings,
+    database: Database,
+    fake_provider: FakeProvider,
+    backend: EventLogBackend,
+) -> AsyncIterator[ApiHarness]:
+    registry = fake_registry(fake_provider)
+    configured = settings.model_copy(update={"stream_ping_interval_seconds": 30.0})
+    try:
+        async with running_api(configured, database, registry, run_events=backend) as harness:
+            yield harness
+    finally:
+        await registry.close()
+
+
+@pytest.fixture
+async def chat(
+    settings: Settings,
+    database: Database,
+    fake_provider: FakeProvider,
+    redis_server: RedisServer,
+    log_kind: str,
+) -> AsyncIterator[ApiHarness]:
+    backend = await _backend(log_kind, redis_server, max_length=10_000)
+    async for harness in _harness(settings, database, fake_provider, backend):
+        yield harness
+
+
+@pytest.fixture
+async def short_log_chat(
+    settings: Settings,
+    database: Database,
+    fake_provider: FakeProvider,
+    redis_server: RedisServer,
+    log_kind: str,
+) -> AsyncIterator[ApiHarness]:
+    """A server whose run logs keep only the last two events."""
+    backend = await _backend(log_kind, redis_server, max_length=2)
+    async for harness in _harness(settings, database, fake_provider, backend):
+        yield harness
+
+
+async def new_agent(client: Client, rules: Sequence[dict[str, object]] = ()) -> str:
+    agent = await client.agents.CreateAgent(
+        agent_service_pb2.CreateAgentRequest(
+            agent=agent_pb2.Agent(
+                display_name="pal",
+                model=MODEL,
+                agent_type=agent_pb2.AGENT_TYPE_NATIVE,
+                tool_rules=[json_format.ParseDict(r, tool_rule_pb2.ToolRule()) for r in rules],
+            )
+        )
+    )
+    return str(agent.name)
+
+
+async def stream(client: Client, agent: str, text: str, **options: object) -> list[TurnEvent]:
+    call = client.messages.StreamMessage(
+        message_service_pb2.StreamMessageRequest(agent=agent, text=text, **options)
+    )
+    return [event async for event in call]
+
+
+async def resume(client: Client, run: str, after: int) -> list[TurnEvent]:
+    call = client.runs.StreamRun(message_service_pb2.StreamRunRequest(name=run, after_seq=after))
+    return [event async for event in call]
+
+
+async def get_run(client: Client, run: str) -> run_pb2.Run:
+    return await client.runs.GetRun(message_service_pb2.GetRunRequest(name=run))
+
+
+def kinds(events: Sequence[TurnEvent]) -> list[str]:
+    return [str(event.WhichOneof("event")) for event in events]
+
+
+async def test_a_dropped_stream_resumes_from_its_last_seq_without_gap_or_repeat(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "tea"}, id="c1")]),
+        Reply(text="Nothing about tea yet.", delay=0.5),
+    )
+    call = chat.org_a.messages.StreamMessage(
+        message_service_pb2.StreamMessageRequest(agent=agent, text="Any tea?")
+    )
+    seen = []
+    async for event in call:
+        seen.append(event)
+        if event.WhichOneof("event") == "tool_return":
+            break
+    call.cancel()  # the client goes away while the model writes its answer
+
+    rest = await resume(chat.org_a, seen[-1].run, seen[-1].seq)
+
+    events = [*seen, *rest]
+    assert [event.seq for event in events] == list(range(1, len(events) + 1))
+    assert kinds(events) == [
+        "tool_call",
+        "tool_return",
+        "assistant_message",
+        "stop_reason",
+        "usage",
+    ]
+    run = await get_run(chat.org_a, seen[0].run)
+    assert run.status == run_pb2.RUN_STATUS_COMPLETED and not run.background
+
+
+async def test_an_ended_run_replays_the_same_events_and_closes(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Hello."))
+    events = await stream(chat.org_a, agent, "Hi")
+    run = events[0].run
+
+    assert await resume(chat.org_a, run, 0) == events
+    assert await resume(chat.org_a, run, 1) == events[1:]
+    assert await resume(chat.org_a, run, events[-1].seq) == []
+
+
+async def test_positions_beyond_the_last_event_are_unknown(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Hello."))
+    events = await stream(chat.org_a, agent, "Hi")
+    last = events[-1].seq
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await resume(chat.org_a, events[0].run, last + 1)
+
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    status = rich_status(refused.value)
+    assert reason_of(status) == "RUN_POSITION_UNKNOWN"
+    info = unpack_detail(status, error_details_pb2.ErrorInfo)
+    assert info is not None and info.metadata["last_seq"] == str(last)
+    with pytest.raises(grpc.aio.AioRpcError) as negative:
+        await resume(chat.org_a, events[0].run, -1)
+    assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_trimmed_positions_are_expired(
+    short_log_chat: ApiHarness, fake_provider: FakeProvider, log_kind: str
+) -> None:
+    if log_kind == "redis":
+        # Redis trims approximately, a whole node (~100 entries) at a time, so a
+        # two-event limit keeps everything; test_replicas.py trims a long run.
+        pytest.skip("Redis does not trim below one stream node")
+    chat = short_log_chat
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "tea"}, id="c1")]),
+        Reply(text="Nothing."),
+    )
+    events = await stream(chat.org_a, agent, "Any tea?")
+    assert len(events) == 5
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await resume(chat.org_a, events[0].run, 0)
+
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    status = rich_status(refused.value)
+    assert reason_of(status) == "RUN_EVENTS_EXPIRED"
+    info = unpack_detail(status, error_details_pb2.ErrorInfo)
+    assert info is not None and int(info.metadata["first_seq"]) > 1
+    # What is still kept replays.
+    first = int(info.metadata["first_seq"])
+    assert await resume(chat.org_a, events[0].run, first - 1) == events[first - 1 :]
+
+
+async def test_a_retried_stream_with_the_same_request_id_attaches_to_the_first_run(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Once."))
+    request_id = str(uuid.uuid4())
+
+    first = await stream(chat.org_a, agent, "Hi", request_id=request_id)
+    again = await stream(chat.org_a, agent, "Hi", request_id=request_id)
+
+    assert again == first
+    assert len(fake_provider.requests) == 1
+    runs = await chat.org_a.runs.ListRuns(message_service_pb2.ListRunsRequest(agent=agent))
+    assert [r.name for r in runs.runs] == [first[0].run]
+
+
+async def test_concurrent_sends_with_one_request_id_start_one_run(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Once.", delay=0.3))
+    request = message_service_pb2.SendMessageRequest(
+        agent=agent, text="Hi", request_id=str(uuid.uuid4())
+    )
+
+    responses = await asyncio.gather(
+        chat.org_a.messages.SendMessage(request), chat.org_a.messages.SendMessage(request)
+    )
+
+    assert responses[0] == responses[1]
+    assert responses[0].run.status == run_pb2.RUN_STATUS_COMPLETED
+    assert len(fake_provider.requests) == 1
+
+
+async def test_request_ids_are_checked(chat: ApiHarness, fake_provider: FakeProvider) -> None:
+    agent, other = await new_agent(chat.org_a), await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Once."))
+    request_id = str(uuid.uuid4())
+    await stream(chat.org_a, agent, "Hi", request_id=request_id)
+
+    for target, request_id_used in ((agent, "not-a-uuid"), (other, request_id)):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stream(chat.org_a, target, "Hi", request_id=request_id_used)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        bad = unpack_detail(rich_status(refused.value), error_details_pb2.BadRequest)
+        assert bad is not None and [v.field for v in bad.field_violations] == ["request_id"]
+
+
+async def test_a_background_send_returns_at_once_and_the_run_can_be_followed(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Later.", delay=0.5))
+
+    response = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi", background=True)
+    )
+
+    assert response.run.status == run_pb2.RUN_STATUS_RUNNING and response.run.background
+    assert [m.text for m in response.messages] == ["Hi"]
+    events = await resume(chat.org_a, response.run.name, 0)
+    assert kinds(events) == ["assistant_message", "stop_reason", "usage"]
+    assert (await get_run(chat.org_a, response.run.name)).status == run_pb2.RUN_STATUS_COMPLETED
+
+
+async def test_cancelling_a_run_that_waits_for_the_model_stops_it_at_once(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Too late.", delay=30))
+    started = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi", background=True)
+    )
+    run_name = started.run.name
+
+    cancelled = await chat.org_a.runs.CancelRun(
+        message_service_pb2.CancelRunRequest(name=run_name), timeout=10
+    )
+
+    assert cancelled.status == run_pb2.RUN_STATUS_CANCELLED
+    assert cancelled.stop_reason == run_pb2.STOP_REASON_CANCELLED
+    assert cancelled.HasField("cancel_time")
+    events = await resume(chat.org_a, run_name, 0)
+    assert kinds(events) == ["stop_reason", "usage"]
+    assert events[0].stop_reason.stop_reason == run_pb2.STOP_REASON_CANCELLED
+    steps = await chat.org_a.runs.ListRunSteps(
+        message_service_pb2.ListRunStepsRequest(parent=run_name)
+    )
+    assert len(steps.steps) == 1  # the interrupted call, recorded as cancelled
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await chat.org_a.runs.CancelRun(message_service_pb2.CancelRunRequest(name=run_name))
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(rich_status(again.value)) == "RUN_ALREADY_ENDED"
+    # The agent is free for the next message.
+    fake_provider.script(Reply(text="Back."))
+    assert kinds(await stream(chat.org_a, agent, "Again"))[-2:] == ["stop_reason", "usage"]
+
+
+async def test_a_follower_sees_the_cancellation_end_its_stream(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Too late.", delay=30))
+    call = chat.org_a.messages.StreamMessage(
+        message_service_pb2.StreamMessageRequest(agent=agent, text="Hi")
+    )
+    following = asyncio.create_task(_collect(call))
+    await _wait_for_running(chat.org_a, agent)
+
+    cancelled = await chat.org_a.messages.CancelTurn(
+        message_service_pb2.CancelTurnRequest(agent=agent), timeout=10
+    )
+
+    events = await asyncio.wait_for(following, 10)
+    assert kinds(events) == ["stop_reason", "usage"]
+    assert events[0].run == cancelled.name
+    assert cancelled.status == run_pb2.RUN_STATUS_CANCELLED
+
+
+async def test_cancelling_a_run_paused_for_approval_refuses_its_call(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(
+        chat.org_a, [{"requires_approval": {"tool_name": "conversation_search"}}]
+    )
+    fake_provider.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")])
+    )
+    paused = await stream(chat.org_a, agent, "Search for cats")
+    assert kinds(paused)[-3:] == ["approval_request", "stop_reason", "usage"]
+
+    cancelled = await chat.org_a.messages.CancelTurn(
+        message_service_pb2.CancelTurnRequest(agent=agent)
+    )
+
+    assert cancelled.name == paused[0].run
+    assert cancelled.status == run_pb2.RUN_STATUS_CANCELLED
+    history = await chat.org_a.messages.ListMessages(
+        message_service_pb2.ListMessagesRequest(parent=agent)
+    )
+    refusal = history.messages[-1]
+    assert refusal.role == message_pb2.MESSAGE_ROLE_TOOL and refusal.tool_call_id == "p1"
+    assert "cancelled" in refusal.text
+    # Nothing is pending any more: neither a review nor a second cancel.
+    with pytest.raises(grpc.aio.AioRpcError) as review:
+        await _collect(
+            chat.org_a.messages.SubmitApproval(
+                message_service_pb2.SubmitApprovalRequest(agent=agent, call_id="p1", approve=True)
+            )
+        )
+    assert review.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as nothing:
+        await chat.org_a.messages.CancelTurn(message_service_pb2.CancelTurnRequest(agent=agent))
+    failure = unpack_detail(rich_status(nothing.value), error_details_pb2.PreconditionFailure)
+    assert failure is not None and [v.type for v in failure.violations] == ["NO_ACTIVE_RUN"]
+    # The next turn sends the provider a history in which every call has its result.
+    fake_provider.script(Reply(text="Fine."))
+    assert kinds(await stream(chat.org_a, agent, "Never mind"))[-2:] == ["stop_reason", "usage"]
+
+
+async def test_runs_are_listed_by_status_and_time(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="One."))
+    done = (await stream(chat.org_a, agent, "Hi"))[0].run
+    fake_provider.script(Reply(text="Never.", delay=30))
+    started = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi", background=True)
+    )
+    running = started.run.name
+
+    async def listed(**filters: object) -> list[str]:
+        response = await chat.org_a.runs.ListRuns(
+            message_service_pb2.ListRunsRequest(agent=agent, **filters)
+        )
+        return [run.name for run in response.runs]
+
+    assert await listed(statuses=[run_pb2.RUN_STATUS_RUNNING]) == [running]
+    assert await listed(statuses=[run_pb2.RUN_STATUS_COMPLETED]) == [done]
+    both = [run_pb2.RUN_STATUS_RUNNING, run_pb2.RUN_STATUS_COMPLETED]
+    assert await listed(statuses=both) == [done, running]
+    cut = started.run.create_time
+    assert await listed(start_time=cut) == [running]
+    assert await listed(end_time=cut) == [done]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await listed(statuses=[42])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await chat.org_a.runs.CancelRun(message_service_pb2.CancelRunRequest(name=running))
+
+
+async def test_shutdown_interrupts_runs_that_outlast_the_grace(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Too late.", delay=30))
+    started = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi", background=True)
+    )
+
+    await chat.services.drain_runs(0.2)
+
+    run = await get_run(chat.org_a, started.run.name)
+    assert (run.status, run.stop_reason) == (
+        run_pb2.RUN_STATUS_FAILED,
+        run_pb2.STOP_REASON_INTERRUPTED,
+    )
+    events = await resume(chat.org_a, started.run.name, 0)
+    assert kinds(events) == ["stop_reason", "usage"]
+    assert events[0].stop_reason.stop_reason == run_pb2.STOP_REASON_INTERRUPTED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stream(chat.org_a, agent, "Hi again")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason_of(rich_status(refused.value)) == "SHUTTING_DOWN"
+
+
+async def test_a_run_whose_server_died_is_ended_and_its_stream_closed(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Hello."))
+    events = await stream(chat.org_a, agent, "Hi")
+    agent_id = agent.removeprefix("agents/")
+    organization_id = chat.org_a.caller.organization_id
+    executor = chat.services.runs
+
+    # A run another server started, wrote two events for, and died running.
+    async def orphan(session: object) -> str:
+        run = Run(
+            agent_id=agent_id,
+            status="running",
+            metadata_={},
+            lease_owner="elsewhere",
+            lease_expires_at=utc_now() - timedelta(seconds=1),
+        )
+        session.add(run)  # type: ignore[attr-defined]
+        await session.flush()  # type: ignore[attr-defined]
+        return str(run.id)
+
+    run_id = await chat.database.run_transaction(orphan, organization_id)
+    written = [event for event in events[:1]]
+    await executor.log.append(
+        run_id,
+        [LoggedEvent(1, _renumbered(written[0], run_id, 1).SerializeToString())],
+    )
+    following = asyncio.create_task(
+        _collect(
+            chat.org_a.runs.StreamRun(
+                message_service_pb2.StreamRunRequest(name=f"runs/{run_id}", after_seq=1)
+            )
+        )
+    )
+
+    assert await executor.close_lost_runs() == [run_id]
+
+    tail = await asyncio.wait_for(following, 10)
+    assert kinds(tail) == ["stop_reason", "usage"]
+    assert [event.seq for event in tail] == [2, 3]
+    assert tail[0].stop_reason.stop_reason == run_pb2.STOP_REASON_OWNER_LOST
+    run = await get_run(chat.org_a, f"runs/{run_id}")
+    assert (run.status, run.stop_reason) == (
+        run_pb2.RUN_STATUS_FAILED,
+        run_pb2.STOP_REASON_OWNER_LOST,
+    )
+    assert await executor.close_lost_runs() == []
+
+
+async def test_another_organization_cannot_follow_or_cancel_a_run(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Mine.", delay=0.5))
+    started = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi", background=True)
+    )
+    run_name = started.run.name
+    b = chat.org_b
+
+    for attempt in (
+        resume(b, run_name, 0),
+        b.runs.CancelRun(message_service_pb2.CancelRunRequest(name=run_name)),
+        b.messages.CancelTurn(message_service_pb2.CancelTurnRequest(agent=agent)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await attempt
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    events = await resume(chat.org_a, run_name, 0)
+    assert kinds(events) == ["assistant_message", "stop_reason", "usage"]
+
+
+async def _collect(call: AsyncIterator[TurnEvent]) -> list[TurnEvent]:
+    return [event async for event in call]
+
+
+async def _wait_for_running(client: Client, agent: str) -> None:
+    for _ in range(200):
+        runs = await client.runs.ListRuns(
+            message_service_pb2.ListRunsRequest(agent=agent, statuses=[run_pb2.RUN_STATUS_RUNNING])
+        )
+        if runs.runs:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the run never started")
+
+
+def _renumbered(event: TurnEvent, run_id: str, seq: int) -> TurnEvent:
+    copy = TurnEvent()
+    copy.CopyFrom(event)
+    copy.run, copy.seq = f"runs/{run_id}", seq
+    return copy
