@@ -41,3 +41,30 @@ def test_provider_reasons_are_in_the_catalog_and_mapped() -> None:
     assert len(reasons) == 8
     assert reasons <= catalog()
     assert reasons <= MAPPED_REASONS
+
+
+def test_durable_run_reasons_are_in_the_catalog_and_mapped() -> None:
+    from engram.adapters.event_log.base import EventLogUnavailableError
+    from engram.rpc.errors import MAPPED_REASONS
+    from engram.services import run_errors
+    from engram.services.errors import ShuttingDownError
+
+    reasons = {
+        cls.reason
+        for cls in (
+            run_errors.RunEventsExpiredError,
+            run_errors.RunPositionUnknownError,
+            run_errors.RunAlreadyEndedError,
+            ShuttingDownError,
+            EventLogUnavailableError,
+        )
+    }
+    assert reasons == {
+        "RUN_EVENTS_EXPIRED",
+        "RUN_POSITION_UNKNOWN",
+        "RUN_ALREADY_ENDED",
+        "SHUTTING_DOWN",
+        "EVENT_LOG_UNAVAILABLE",
+    }
+    assert reasons <= catalog()
+    assert reasons <= MAPPED_REASONS

@@ -26,6 +26,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from engram.adapters.event_log.base import EventLogUnavailableError
 from engram.adapters.llm.errors import ProviderError, ProviderRateLimitedError
 from engram.secrets.errors import SecretsError
 from engram.services.errors import (
@@ -121,13 +122,21 @@ _RULES: Mapping[str, _Rule] = {
     "RUN_POSITION_UNKNOWN": _Rule(code_pb2.FAILED_PRECONDITION),
     "RUN_ALREADY_ENDED": _Rule(code_pb2.FAILED_PRECONDITION),
     "SHUTTING_DOWN": _Rule(code_pb2.UNAVAILABLE, retry=True, log_level=logging.INFO),
+    "EVENT_LOG_UNAVAILABLE": _Rule(code_pb2.UNAVAILABLE, retry=True, log_level=logging.WARNING),
 }
 
 MAPPED_REASONS = frozenset(_RULES)
 """Every catalog reason :func:`map_error` can put in an ``ErrorInfo``."""
 
 _UNEXPECTED = _RULES[INTERNAL_REASON]
-_KNOWN_ERRORS = (StoreError, SecretsError, ServiceError, OverloadedError, ProviderError)
+_KNOWN_ERRORS = (
+    StoreError,
+    SecretsError,
+    ServiceError,
+    OverloadedError,
+    ProviderError,
+    EventLogUnavailableError,
+)
 
 
 @dataclass(frozen=True, slots=True)

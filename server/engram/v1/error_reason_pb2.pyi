@@ -44,6 +44,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_POSITION_UNKNOWN: _ClassVar[ErrorReason]
     RUN_ALREADY_ENDED: _ClassVar[ErrorReason]
     SHUTTING_DOWN: _ClassVar[ErrorReason]
+    EVENT_LOG_UNAVAILABLE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 NOT_FOUND: ErrorReason
 ALREADY_EXISTS: ErrorReason
@@ -82,3 +83,4 @@ RUN_EVENTS_EXPIRED: ErrorReason
 RUN_POSITION_UNKNOWN: ErrorReason
 RUN_ALREADY_ENDED: ErrorReason
 SHUTTING_DOWN: ErrorReason
+EVENT_LOG_UNAVAILABLE: ErrorReason

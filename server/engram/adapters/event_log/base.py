@@ -78,6 +78,9 @@ class EventLogUnavailableError(Exception):
     backend, or which client library, is underneath.
     """
 
+    # Its entry in the published error catalog (engram.v1.ErrorReason).
+    reason = "EVENT_LOG_UNAVAILABLE"
+
 
 class RunEventLog(abc.ABC):
     """A per-run, append-only log of opaque events that readers replay and follow live."""
