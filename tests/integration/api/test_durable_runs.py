@@ -535,3 +535,40 @@ def _renumbered(event: TurnEvent, run_id: str, seq: int) -> TurnEvent:
     copy.CopyFrom(event)
     copy.run, copy.seq = f"runs/{run_id}", seq
     return copy
+
+
+async def test_renewal_extends_the_lease_and_catches_a_missed_cancellation(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Too late.", delay=30))
+    started = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi", background=True)
+    )
+    run_id = started.run.name.removeprefix("runs/")
+    organization_id = chat.org_a.caller.organization_id
+    executor = chat.services.runs
+
+    async def lease_of() -> Run:
+        async with chat.database.read(organization_id) as session:
+            run = await session.get(Run, run_id)
+            assert run is not None
+            return run
+
+    before = await lease_of()
+    assert before.lease_owner == executor.owner and before.lease_expires_at is not None
+    await asyncio.sleep(0.05)
+    await executor.renew_leases()
+    assert (await lease_of()).lease_expires_at > before.lease_expires_at  # type: ignore[operator]
+
+    # Another replica asked to cancel, but its signal never arrived here.
+    async def ask_to_cancel(session: object) -> None:
+        run = await session.get(Run, run_id)  # type: ignore[attr-defined]
+        run.cancel_requested_at = utc_now()
+
+    await chat.database.run_transaction(ask_to_cancel, organization_id)
+    await executor.renew_leases()
+
+    events = await asyncio.wait_for(resume(chat.org_a, started.run.name, 0), 10)
+    assert kinds(events) == ["stop_reason", "usage"]
+    assert events[0].stop_reason.stop_reason == run_pb2.STOP_REASON_CANCELLED
