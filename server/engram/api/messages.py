@@ -19,6 +19,7 @@ from engram.rpc.context import current_caller
 from engram.services.caller import Caller
 from engram.services.errors import InvalidArgumentError
 from engram.services.messages import MessageService, RunView, TurnOptions
+from engram.services.run_errors import RunEventsExpiredError
 from engram.store.ids import IdPrefix
 from engram.store.models import Message, Step
 from engram.v1 import message_pb2, message_service_pb2, message_service_pb2_grpc, run_pb2
@@ -204,18 +205,30 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
     async def _await_end(
         self, caller: Caller, run_id: str, context: grpc.aio.ServicerContext
     ) -> None:
-        """Wait for the run's last event; a failed run fails the call with the run's status."""
+        """Wait for the run's last event; a failed run fails the call with the run's status.
+
+        A retry of a run whose events are no longer kept (it ended hours ago)
+        returns the run as stored: its status and error say how it ended.
+        """
+        try:
+            final = await self._final_event(caller, run_id)
+        except RunEventsExpiredError:
+            return
+        if final is not None and final.HasField("error"):
+            status = final.error.status
+            await context.abort(
+                STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN),
+                status.message,
+                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+            )
+
+    async def _final_event(
+        self, caller: Caller, run_id: str
+    ) -> message_service_pb2.TurnEvent | None:
         async for item in self.service.follow(caller, run_id, 0, idle_seconds=self._idle):
-            if item is None or not item.final:
-                continue
-            event = message_service_pb2.TurnEvent.FromString(item.payload)
-            if event.HasField("error"):
-                status = event.error.status
-                await context.abort(
-                    STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN),
-                    status.message,
-                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-                )
+            if item is not None and item.final:
+                return message_service_pb2.TurnEvent.FromString(item.payload)
+        return None
 
     async def StreamMessage(
         self,

@@ -572,3 +572,22 @@ async def test_renewal_extends_the_lease_and_catches_a_missed_cancellation(
     events = await asyncio.wait_for(resume(chat.org_a, started.run.name, 0), 10)
     assert kinds(events) == ["stop_reason", "usage"]
     assert events[0].stop_reason.stop_reason == run_pb2.STOP_REASON_CANCELLED
+
+
+async def test_a_retry_after_the_events_expired_returns_the_stored_run(
+    settings: Settings, database: Database, fake_provider: FakeProvider
+) -> None:
+    backend = await open_event_log(None, retention_seconds=0.2, max_length=100)
+    async for chat in _harness(settings, database, fake_provider, backend):
+        agent = await new_agent(chat.org_a)
+        fake_provider.script(Reply(text="Once."))
+        request = message_service_pb2.SendMessageRequest(
+            agent=agent, text="Hi", request_id=str(uuid.uuid4())
+        )
+        first = await chat.org_a.messages.SendMessage(request)
+        await asyncio.sleep(0.5)
+
+        assert await chat.org_a.messages.SendMessage(request) == first
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            await resume(chat.org_a, first.run.name, 0)
+        assert reason_of(rich_status(expired.value)) == "RUN_EVENTS_EXPIRED"
