@@ -724,7 +724,14 @@ class MessageService:
             loop_events = cast(AsyncGenerator[TurnEvent, None], run_turn(turn))
             async with contextlib.aclosing(loop_events) as events:
                 async for event in events:
+                    if isinstance(event, StepFinished | TurnFinished):
+                        # The model has answered: from here on the step's results are
+                        # run and stored, which an interruption could leave half-done.
+                        control.interruptible = False
                     await recorder.observe(event)
+                    if isinstance(event, StepStarted):
+                        # The previous step is stored; the next waits for the model.
+                        control.interruptible = True
                     yield RunEvent(run_id, event)
         except SystemPromptTooLargeError as error:
             await recorder.abort(FAILED, STOP_SYSTEM_PROMPT_TOO_LARGE, str(error))

@@ -26,7 +26,6 @@ from engram.services.runtime.turn import (
     ToolCallDeltaEvent,
     ToolCallEvent,
     ToolReturnEvent,
-    TurnEvent,
     TurnFinished,
 )
 
@@ -133,16 +132,3 @@ class RunNumbering:
 def logged(record: RunRecord, encode: RunEventEncoder) -> LoggedEvent:
     """The record as its run's log keeps it."""
     return LoggedEvent(record.seq, encode(record), record.final)
-
-
-def is_model_answer(event: TurnEvent | object) -> bool:
-    """Whether ``event`` shows that the step's model call has returned.
-
-    Pieces (deltas) stream while the model is still answering; whole messages,
-    tool calls, their results and approval requests come once it has.  Until
-    then a cancellation may interrupt the call at once: nothing of the step is
-    stored yet, and no tool has run.
-    """
-    if isinstance(event, ReasoningEvent | AssistantEvent):
-        return not event.delta
-    return isinstance(event, ToolCallEvent | ToolReturnEvent | ApprovalRequestEvent)

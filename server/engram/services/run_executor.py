@@ -48,10 +48,8 @@ from engram.services.run_events import (
     RunEventEncoder,
     RunNumbering,
     RunUsage,
-    is_model_answer,
     logged,
 )
-from engram.services.runtime.turn import StepStarted
 from engram.store.database import Database
 from engram.store.models import Run, Step
 from engram.store.types import utc_now
@@ -89,12 +87,13 @@ OWNER_LOST = StopCause(
 
 @dataclass
 class RunControl:
-    """What the executor tells a running turn, and what it knows of where the turn is.
+    """What the executor tells a running turn, and what the turn tells it of where it is.
 
     ``cancel_requested`` is read by the loop before each step (its safe
     point); ``stop_cause`` says how a turn interrupted mid-step ends;
-    ``interruptible`` is true while the step waits for the model, when
-    interrupting loses nothing that was stored or done.
+    ``interruptible`` is set by the turn while it waits for the model, when
+    interrupting loses nothing that was stored or done (never while a step's
+    tools run or its results are being stored).
     """
 
     cancel_requested: bool = False
@@ -249,12 +248,7 @@ class RunExecutor:
             try:
                 async with contextlib.aclosing(events):
                     async for item in events:
-                        event = item.event
-                        if isinstance(event, StepStarted):
-                            control.interruptible = True
-                        elif is_model_answer(event):
-                            control.interruptible = False
-                        for record in numbering.records(event):
+                        for record in numbering.records(item.event):
                             writer.add(logged(record, self.encode))
             except asyncio.CancelledError:
                 # Stopped by us; the turn recorded its end on the way out.
