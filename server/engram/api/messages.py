@@ -225,7 +225,8 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
     async def _final_event(
         self, caller: Caller, run_id: str
     ) -> message_service_pb2.TurnEvent | None:
-        async for item in self.service.follow(caller, run_id, 0, idle_seconds=self._idle):
+        following = self.service.follow(caller, run_id, 0, idle_seconds=self._idle, started=True)
+        async for item in following:
             if item is not None and item.final:
                 return message_service_pb2.TurnEvent.FromString(item.payload)
         return None
@@ -244,7 +245,7 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
             request_id=request.request_id,
         )
         run_id = await self.service.start_message(caller, agent_id, text, options)
-        async for event in follow_run(self.service, caller, run_id, 0, self._idle):
+        async for event in follow_run(self.service, caller, run_id, 0, self._idle, started=True):
             yield event
 
     async def SubmitApproval(
@@ -265,7 +266,7 @@ class MessageServicer(message_service_pb2_grpc.MessageServiceServicer):
         run_id = await self.service.start_approval(
             caller, agent_id, request.call_id, request.approve, request.reason, options
         )
-        async for event in follow_run(self.service, caller, run_id, 0, self._idle):
+        async for event in follow_run(self.service, caller, run_id, 0, self._idle, started=True):
             yield event
 
     @property
@@ -433,7 +434,13 @@ class RunServicer(message_service_pb2_grpc.RunServiceServicer):
 
 
 async def follow_run(
-    service: MessageService, caller: Caller, run_id: str, after: int, idle_seconds: float
+    service: MessageService,
+    caller: Caller,
+    run_id: str,
+    after: int,
+    idle_seconds: float,
+    *,
+    started: bool = False,
 ) -> AsyncIterator[message_service_pb2.TurnEvent]:
     """A run's events after ``after`` as the client streams them, with pings when idle.
 
@@ -441,7 +448,8 @@ async def follow_run(
     them, so every replica streams the same bytes for the same ``seq``.
     """
     last_seq = after
-    async for item in service.follow(caller, run_id, after, idle_seconds=idle_seconds):
+    following = service.follow(caller, run_id, after, idle_seconds=idle_seconds, started=started)
+    async for item in following:
         if item is None:
             yield _ping(run_id, last_seq)
             continue

@@ -447,7 +447,13 @@ class MessageService:
         return self.executor
 
     async def follow(
-        self, caller: Caller, run_id: str, after: int, *, idle_seconds: float
+        self,
+        caller: Caller,
+        run_id: str,
+        after: int,
+        *,
+        idle_seconds: float,
+        started: bool = False,
     ) -> AsyncIterator[LoggedEvent | None]:
         """The run's events after ``after``: those written, then each new one, to its last.
 
@@ -455,13 +461,20 @@ class MessageService:
         keepalive).  Positions no longer kept, or never sent, are refused
         before anything is yielded.  A run that ended without its log being
         closed (its server died before it could) gets its ending written here.
+        ``started`` says the caller has just started (or attached to) the run
+        through :meth:`start_message`, which checked it is theirs: its row need
+        not be read again when the log has its events.
         """
         executor = self._executor()
         log = executor.log
-        run = await self._run_row(caller, run_id)
+        if not started:
+            await self._run_row(caller, run_id)  # the caller's own run, or NOT_FOUND
         bounds = await log.bounds(run_id)
         if bounds is None:
-            if not _events_may_come(run, executor.is_local(run_id), executor.events.kind):
+            local = executor.is_local(run_id)
+            if not local and not _events_may_come(
+                await self._run_row(caller, run_id), executor.events.kind
+            ):
                 raise run_events_expired(run_id)
             if after > 0:
                 raise run_position_unknown(run_id, after, 0)
@@ -1042,16 +1055,13 @@ async def _run_views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView
     return [RunView(run, *usage.get(run.id, (0, 0, 0))) for run in runs]
 
 
-def _events_may_come(run: Run, local: bool, log_kind: str) -> bool:
-    """Whether a run with no events in the log may still get some (else they expired).
+def _events_may_come(run: Run, log_kind: str) -> bool:
+    """Whether a run another process runs, with no events in the log, may still get some.
 
-    Its events are on their way when this process runs it, or when it runs
-    elsewhere and the log is shared (Redis); a run that just ended elsewhere
-    may still be flushing its last events.  An in-process log cannot hold
-    another process's events.
+    Yes when the log is shared (Redis) and the run is running, or ended so
+    recently that it may still be flushing its last events; an in-process
+    log never holds another process's events.
     """
-    if local:
-        return True
     if log_kind != "redis":
         return False
     if run.status == RUNNING:
