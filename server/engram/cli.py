@@ -169,6 +169,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 settings.resolved_redis_url,
                 retention_seconds=settings.run_event_retention_seconds,
                 max_length=settings.run_event_max_length,
+                max_followers=settings.redis_max_followers,
             )
         except BaseException:
             await storage.close()

@@ -416,21 +416,14 @@ async def test_simultaneous_attempts_with_one_request_id_share_one_run(cluster: 
     assert answers == [runs.runs[0].name] * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: open_event_log (adapters/event_log/factory.py) leaves redis-py's asyncio "
-        "pool at its default of 100 connections, and the pool refuses the next one at once; "
-        "remove this mark with the fix"
-    ),
-)
 async def test_one_replica_serves_more_followers_than_its_redis_pool_default(
     cluster: Cluster,
 ) -> None:
     """Each follower blocks in a Redis read on a connection of its own; 150 must all be served.
 
-    redis-py's asyncio pool holds at most 100 connections unless told otherwise
-    and refuses the next one at once, rather than making it wait.
+    redis-py's asyncio pool holds at most 100 connections unless told
+    otherwise and refuses the next one at once; followers have a pool of
+    their own, sized by ENGRAM_REDIS_MAX_FOLLOWERS.
     """
     agent = await cluster.on_a.new_agent()
     cluster.provider.script(slow_reply(20, 0.1))

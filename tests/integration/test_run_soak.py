@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import pytest
 
 from conftest import fresh_postgres_database
@@ -194,16 +193,6 @@ def _check(turn: Turn) -> None:
     assert "".join(e.assistant_message.text for e in events[:-2]) == ANSWER
 
 
-@pytest.mark.xfail(
-    raises=grpc.aio.AioRpcError,
-    strict=False,
-    reason=(
-        "server bug: a replica with more than about 100 streams at once fails the next with "
-        "UNAVAILABLE 'Too many connections' (redis-py's default pool; see "
-        "test_replicas.py::test_one_replica_serves_more_followers_than_its_redis_pool_default); "
-        "remove this mark with the fix"
-    ),
-)
 async def test_streamed_turns_survive_random_disconnects_and_resumes(
     replica_pair: list[Replica], provider: FakeProvider
 ) -> None:

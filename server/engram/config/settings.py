@@ -216,6 +216,15 @@ class Settings(BaseSettings):
         description="Redis host, when ENGRAM_REDIS_URL is not given.",
     )
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias=env("REDIS_PORT"))
+    redis_max_followers: int = Field(
+        10_000,
+        ge=1,
+        validation_alias=env("REDIS_MAX_FOLLOWERS", legacy=False),
+        description=(
+            "Streams that may follow runs through Redis at once in one server; each holds a "
+            "Redis connection while it waits (keep below Redis's maxclients over all servers)."
+        ),
+    )
     run_event_retention_seconds: float = Field(
         3 * 3600.0,
         gt=0,

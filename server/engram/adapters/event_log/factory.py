@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis
@@ -25,7 +25,7 @@ class EventLogBackend:
     log: RunEventLog
     signals: RunSignals
     kind: BackendKind
-    _client: redis.Redis | None = field(default=None, repr=False)
+    _clients: tuple[redis.Redis, ...] = field(default=(), repr=False)
 
     async def close(self) -> None:
         """Stop the signals, close the log, then the Redis connections (if any).
@@ -37,8 +37,13 @@ class EventLogBackend:
             await self.signals.close()
             await self.log.close()
         finally:
-            if self._client is not None:
-                await self._client.aclose()
+            for client in self._clients:
+                await client.aclose()
+
+
+# Connections for appends, bounds and signals: short commands that queue for a
+# free connection (BlockingConnectionPool) rather than fail when all are busy.
+COMMAND_CONNECTIONS = 32
 
 
 async def open_event_log(
@@ -47,11 +52,17 @@ async def open_event_log(
     retention_seconds: float,
     max_length: int,
     connect_timeout: float = 5.0,
+    max_followers: int = 10_000,
 ) -> EventLogBackend:
     """Open the configured backend; with a URL, fail now (naming it) if Redis does not answer.
 
     Failing at startup beats failing on the first run: a server that cannot
     reach its Redis would otherwise accept runs nobody else can follow.
+
+    Followers and writers use separate connection pools: every follower
+    holds a connection while it blocks on its run's stream, and up to
+    ``max_followers`` may (each is one Redis client, counted against Redis's
+    ``maxclients``), while a run's appends never wait behind them.
     """
     if redis_url is None:
         return EventLogBackend(
@@ -61,21 +72,32 @@ async def open_event_log(
         )
     # No socket timeout: blocking reads hold their connection for a reader's
     # whole idle period; the log bounds every command with its own timeout.
-    client = redis.Redis.from_url(
-        redis_url,
-        decode_responses=False,
-        socket_timeout=None,
-        socket_connect_timeout=connect_timeout,
+    options: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_timeout": None,
+        "socket_connect_timeout": connect_timeout,
+    }
+    commands = redis.Redis(
+        connection_pool=redis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=COMMAND_CONNECTIONS, timeout=connect_timeout, **options
+        )
     )
+    followers = redis.Redis.from_url(redis_url, max_connections=max_followers, **options)
     try:
-        await _check_answers(client, redis_url, patience=connect_timeout)
-        log = RedisEventLog(client, retention_seconds=retention_seconds, max_length=max_length)
-        signals = RedisRunSignals(client, command_timeout=connect_timeout)
+        await _check_answers(commands, redis_url, patience=connect_timeout)
+        log = RedisEventLog(
+            commands,
+            retention_seconds=retention_seconds,
+            max_length=max_length,
+            reader=followers,
+        )
+        signals = RedisRunSignals(commands, command_timeout=connect_timeout)
         await signals.start()
     except BaseException:
-        await client.aclose()
+        await commands.aclose()
+        await followers.aclose()
         raise
-    return EventLogBackend(log=log, signals=signals, kind="redis", _client=client)
+    return EventLogBackend(log=log, signals=signals, kind="redis", _clients=(commands, followers))
 
 
 async def _check_answers(client: redis.Redis, url: str, *, patience: float) -> None:

@@ -95,7 +95,9 @@ class RedisEventLog(RunEventLog):
     a socket timeout (the factory's): blocking reads then wait a reader's
     whole idle period in one XREAD; with one, they block for half of it at a
     time.  Each command has its own ``command_timeout`` instead.  Every
-    concurrent reader holds one pooled connection while it waits.
+    concurrent reader holds one pooled connection while it waits: of
+    ``reader``'s pool when given (so readers never starve appends of
+    connections), else of ``client``'s.
     """
 
     def __init__(
@@ -105,12 +107,14 @@ class RedisEventLog(RunEventLog):
         retention_seconds: float,
         max_length: int,
         command_timeout: float = 10.0,
+        reader: redis.Redis | None = None,
     ) -> None:
         if not retention_seconds > 0:
             raise ValueError(f"retention_seconds must be > 0, got {retention_seconds}")
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self._client = client
+        self._reader = reader if reader is not None else client
         self._retention_ms = max(1, round(retention_seconds * 1000))
         self._max_length = max_length
         self._command_timeout = command_timeout
@@ -118,7 +122,7 @@ class RedisEventLog(RunEventLog):
         # A blocking read must answer before the client's socket timeout (if
         # it has one) gives up on it: longer idle periods are waited out in
         # several shorter blocks.
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = self._reader.connection_pool.connection_kwargs.get("socket_timeout")
         self._longest_block = None if socket_timeout is None else float(socket_timeout) / 2
 
     async def append(self, run_id: str, events: Sequence[LoggedEvent]) -> None:
@@ -175,7 +179,7 @@ class RedisEventLog(RunEventLog):
             # redis-py, never handed back to the pool mid-reply.
             with _unavailable_on_failure(run_id):
                 async with asyncio.timeout(block + BLOCK_GRACE_SECONDS):
-                    reply = await self._client.xread(
+                    reply = await self._reader.xread(
                         {key: f"{cursor}-0"}, count=READ_BATCH, block=math.ceil(block * 1000)
                     )
             events = [_to_event(*entry) for entry in _xread_entries(reply, key)]
