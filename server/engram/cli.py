@@ -228,6 +228,13 @@ async def _supervise_workers(args: argparse.Namespace, settings: Any) -> int:
         await decide_auth_mode(storage.database, settings.host, insecure=args.insecure)
     finally:
         await storage.close()
+    if settings.resolved_redis_url is None:
+        logger.warning(
+            "%d workers without ENGRAM_REDIS_URL: each keeps its runs' events in its own "
+            "memory, so StreamRun and CancelRun only work when they reach the worker running "
+            "the run; set ENGRAM_REDIS_URL to share them",
+            args.workers,
+        )
     command = worker_command(settings.host, settings.port, insecure=args.insecure)
     patience = settings.drain_delay_seconds + settings.shutdown_grace_seconds + KILL_MARGIN_SECONDS
     return await supervise(command, args.workers, stop_patience=patience)
