@@ -202,12 +202,6 @@ class RunExecutor:
     def is_local(self, run_id: str) -> bool:
         return run_id in self._runs
 
-    async def wait(self, run_id: str) -> None:
-        """Wait until this process's run has ended and its log is written (now if not here)."""
-        execution = self._runs.get(run_id)
-        if execution is not None:
-            await execution.done.wait()
-
     # --- cancelling --------------------------------------------------------------------
 
     async def request_cancel(self, run_id: str) -> None:
