@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, delete, func, select
+from sqlalchemy import ColumnElement, Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.services.base_tools import (
@@ -35,10 +35,16 @@ from engram.services.errors import FieldViolation, InvalidArgumentError
 from engram.services.idempotency import create_once
 from engram.services.pagination import by_key, created_key, cut_page, oldest_first, page_request
 from engram.services.tool_rules import validate_tool_rules
+from engram.store.agent_reads import (
+    AgentReader,
+    AgentRecord,
+    agent_by_id,
+    agent_columns,
+    record_of,
+)
 from engram.store.errors import NotFoundError
 from engram.store.json_aggregates import as_json, decode_list, json_list
 from engram.store.models import Agent, AgentBlock, AgentTag, AgentTool, Block, Tool
-from engram.store.scoping import prescoped
 from engram.store.types import utc_now
 
 AGENT_TYPES = ("native", "heartbeat")
@@ -82,7 +88,7 @@ DEFAULT_SYSTEM_PROMPTS = {
 class AgentView:
     """An agent with its tags and the ids of its blocks and tools."""
 
-    agent: Agent
+    agent: AgentRecord
     tags: list[str] = field(default_factory=list)
     block_ids: list[str] = field(default_factory=list)
     tool_ids: list[str] = field(default_factory=list)
@@ -203,18 +209,18 @@ def with_links(query: Select[Any], dialect: str) -> Select[Any]:
 @functools.cache
 def _agent_by_id(dialect: str) -> Select[Any]:
     # Built once per dialect: GetAgent is the hottest read.
-    return prescoped(with_links(select(Agent).where(Agent.id == bindparam("agent_id")), dialect))
+    return agent_by_id(_link_columns(dialect))
 
 
 def _row_created_key(row: Sequence[Any]) -> tuple[str, str]:
-    return created_key(row[0])
+    return created_key(record_of(row))
 
 
 def view_of(row: Sequence[Any]) -> AgentView:
-    """The view of one row of a :func:`with_links` query."""
-    agent, tags, block_ids, tool_ids = row
+    """The view of one row of a :func:`with_links` query on :func:`agent_columns`."""
+    tags, block_ids, tool_ids = row[-3:]
     return AgentView(
-        agent,
+        record_of(row),
         tags=decode_list(tags),
         block_ids=decode_list(block_ids),
         tool_ids=decode_list(tool_ids),
@@ -248,6 +254,7 @@ class AgentService:
 
     def __init__(self, database: Any) -> None:
         self.database = database
+        self._agent_reader: AgentReader | None = None
 
     # --- agents ---------------------------------------------------------------
 
@@ -296,12 +303,29 @@ class AgentService:
         return await self.get(caller, agent_id)
 
     async def get(self, caller: Caller, agent_id: str) -> AgentView:
-        statement = _agent_by_id(self.database.engine.dialect.name)
-        async with self.database.read(caller.organization_id) as session:
-            row = (await session.execute(statement, {"agent_id": agent_id})).first()
+        row: Sequence[Any] | None
+        try:
+            row = await self._reader().fetch(caller.organization_id, agent_id)
+        except Exception:
+            # A failure below the ORM (a connection lost since its last use,
+            # say) is retried once through a session, which reconnects and
+            # owns the translation of database errors into store errors.
+            row = await self._get_in_session(caller, agent_id)
         if row is None:
             raise NotFoundError("agent", agent_id)
         return view_of(row)
+
+    def _reader(self) -> AgentReader:
+        if self._agent_reader is None:
+            engine = self.database.engine
+            self._agent_reader = AgentReader(engine, _agent_by_id(engine.dialect.name))
+        return self._agent_reader
+
+    async def _get_in_session(self, caller: Caller, agent_id: str) -> Sequence[Any] | None:
+        statement = _agent_by_id(self.database.engine.dialect.name)
+        async with self.database.read(caller.organization_id) as session:
+            row = (await session.execute(statement, {"agent_id": agent_id})).first()
+        return None if row is None else tuple(row)
 
     async def list_page(
         self, caller: Caller, filters: AgentFilters, *, page_size: int, page_token: str
@@ -316,7 +340,9 @@ class AgentService:
             },
         )
         query = oldest_first(
-            with_links(_filtered(select(Agent), filters), self.database.engine.dialect.name),
+            with_links(
+                _filtered(select(*agent_columns()), filters), self.database.engine.dialect.name
+            ),
             Agent,
             page,
         )

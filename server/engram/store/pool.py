@@ -17,6 +17,11 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 _in_checkout: ContextVar[bool] = ContextVar("engram_in_checkout", default=False)
 
+# A connection handed back in working order less than this long ago is not
+# pinged again on checkout (see ObservedQueuePool._skip_ping_if_recent).
+RECENT_USE_SECONDS = 1.0
+_RETURNED_AT = "engram_returned_at"
+
 
 class CheckoutObserver(Protocol):
     def checkout_waited(self, seconds: float) -> None: ...
@@ -49,11 +54,18 @@ class ObservedQueuePool(AsyncAdaptedQueuePool):
         finally:
             _in_checkout.reset(token)
 
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        # ``info`` lives as long as the DBAPI connection: a reconnected or
+        # invalidated record starts without the stamp.
+        if record.dbapi_connection is not None:
+            record.info[_RETURNED_AT] = time.monotonic()
+        super()._do_return_conn(record)
+
     def _timed_get(self) -> ConnectionPoolEntry:
         started = time.perf_counter()
         self.waiting += 1
         try:
-            entry = super()._do_get()
+            entry = _skip_ping_if_recent(super()._do_get())
         except PoolTimeoutError:
             elapsed = time.perf_counter() - started
             for observer in self.observers:
@@ -65,3 +77,26 @@ class ObservedQueuePool(AsyncAdaptedQueuePool):
         for observer in self.observers:
             observer.checkout_waited(elapsed)
         return entry
+
+
+def _skip_ping_if_recent(record: ConnectionPoolEntry) -> ConnectionPoolEntry:
+    """Let a connection that was in use a moment ago skip the pre-ping.
+
+    The pre-ping exists for connections that went stale while idle in the pool
+    (a database restart, an idle timeout).  On asyncpg it costs three round
+    trips (BEGIN, ``;``, ROLLBACK), which for a point read is more than the
+    read itself.  A connection returned healthy within
+    :data:`RECENT_USE_SECONDS`, whose socket the driver has not seen closed,
+    is as good as pinged; SQLAlchemy's own flag for a connection it has just
+    opened, ``fresh``, makes the checkout skip the ping.  Longer idle
+    connections are pinged as before, and a failure on a recent one still
+    invalidates the pool the usual way.
+    """
+    returned_at = record.info.get(_RETURNED_AT)
+    if returned_at is None or time.monotonic() - returned_at > RECENT_USE_SECONDS:
+        return record
+    is_closed = getattr(record.driver_connection, "is_closed", None)
+    if is_closed is not None and is_closed():
+        return record
+    record.fresh = True  # type: ignore[attr-defined]  # _ConnectionRecord's, not the interface's
+    return record

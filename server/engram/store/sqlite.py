@@ -157,6 +157,33 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = _OneTripCursor
 
+    def rollback(self) -> None:
+        # The pool rolls back every connection it takes back.  Outside a
+        # transaction (a statement run in autocommit, see run_on_thread) that
+        # is a no-op which would still cost a trip to the thread; the flag is
+        # safe to read here because nothing else uses a connection being
+        # returned.
+        raw = self._connection._connection
+        if raw is not None and not raw.in_transaction:
+            return
+        super().rollback()
+
+
+async def run_on_thread(connection: Any, operation: str, parameters: Sequence[Any]) -> list[Any]:
+    """The rows of one read statement, run in autocommit on ``connection``'s thread in one trip.
+
+    ``connection`` is a pooled DBAPI connection of :func:`create_sqlite_engine`.
+    A single statement outside ``BEGIN`` is its own read transaction, so it
+    sees one consistent snapshot like any read.
+    """
+    adapted: _OneTripConnection = connection
+    driver = adapted._connection  # aiosqlite.Connection (private API, pinned range)
+    async with adapted._execute_mutex:
+        outcome: _Outcome = await driver._execute(
+            _run_statement, driver._conn, operation, parameters, False
+        )
+    return outcome[1]
+
 
 class _SqliteModuleAdapter(AsyncAdapt_aiosqlite_dbapi):
     """SQLAlchemy's aiosqlite adapter, with our error classes and one-trip cursors.

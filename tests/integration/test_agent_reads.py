@@ -1,0 +1,112 @@
+"""GetAgent's read below the ORM: same rows, same scoping, and recovery from a dead connection."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from engram.services.admin import AdminService, ensure_default_identity
+from engram.services.agents import AgentService, NewAgent
+from engram.services.caller import Caller
+from engram.store import pool
+from engram.store.agent_reads import AgentReader, agent_by_id
+from engram.store.database import Database
+from engram.store.errors import NotFoundError
+
+
+@pytest.fixture
+async def agents(database: Database) -> tuple[AgentService, Caller, Caller]:
+    ours = await ensure_default_identity(database)
+    other_org = await AdminService(database).create_organization(ours, "other", "")
+    theirs = Caller(other_org.id, "user-unused")
+    return AgentService(database), ours, theirs
+
+
+async def _new_agent(service: AgentService, caller: Caller) -> str:
+    view = await service.create(
+        caller,
+        NewAgent(
+            values={"display_name": "reader", "model": "openai/gpt-4o-mini", "tags": ["b", "a"]},
+            memory_blocks=[{"label": "persona", "value": "p"}, {"label": "human", "value": "h"}],
+        ),
+        "",
+    )
+    return view.agent.id
+
+
+async def test_the_driver_read_equals_the_session_read(
+    agents: tuple[AgentService, Caller, Caller],
+) -> None:
+    service, ours, _ = agents
+    agent_id = await _new_agent(service, ours)
+    through_driver = await service._reader().fetch(ours.organization_id, agent_id)
+    through_session = await service._get_in_session(ours, agent_id)
+    assert through_driver is not None
+    assert through_driver == through_session
+    view = await service.get(ours, agent_id)
+    assert view.tags == ["a", "b"]
+    assert len(view.block_ids) == 2
+    assert view.agent.created_at.tzinfo is not None
+
+
+async def test_another_organization_reads_nothing(
+    agents: tuple[AgentService, Caller, Caller],
+) -> None:
+    service, ours, theirs = agents
+    agent_id = await _new_agent(service, ours)
+    assert await service._reader().fetch(theirs.organization_id, agent_id) is None
+    with pytest.raises(NotFoundError):
+        await service.get(theirs, agent_id)
+
+
+async def test_the_reader_refuses_an_unscoped_statement(database: Database) -> None:
+    statement = agent_by_id(())
+    unscoped = statement.execution_options(engram_prescoped=False)
+    with pytest.raises(ValueError, match="organization criteria"):
+        AgentReader(database.engine, unscoped)
+
+
+async def test_a_read_on_a_dead_connection_recovers(
+    agents: tuple[AgentService, Caller, Caller], database: Database
+) -> None:
+    """A connection that died while pooled (and skipped its pre-ping) costs no failed call."""
+    if not database.choice.is_postgresql:
+        pytest.skip("PostgreSQL backends can be terminated from outside")
+    service, ours, _ = agents
+    agent_id = await _new_agent(service, ours)
+    await service.get(ours, agent_id)  # leaves a recently used connection in the pool
+    async with database.engine.connect() as killer:
+        await killer.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    view = await service.get(ours, agent_id)
+    assert view.agent.id == agent_id
+
+
+class _Record:
+    """Just what the ping decision reads of a pool entry."""
+
+    def __init__(self, info: dict[str, Any], closed: bool) -> None:
+        self.info = info
+        self.fresh = False
+        self.driver_connection = self
+        self._closed = closed
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+
+@pytest.mark.parametrize(
+    ("age", "closed", "skips_ping"),
+    [(0.1, False, True), (30.0, False, False), (0.1, True, False), (None, False, False)],
+)
+def test_only_recently_used_open_connections_skip_the_pre_ping(
+    age: float | None, closed: bool, skips_ping: bool
+) -> None:
+    info = {} if age is None else {pool._RETURNED_AT: time.monotonic() - age}
+    record = _Record(info, closed)
+    pool._skip_ping_if_recent(record)  # type: ignore[arg-type]
+    assert record.fresh is skips_ping
