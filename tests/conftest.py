@@ -10,7 +10,6 @@ copy of a migrated file, so tests never see each other's rows.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import shutil
 import sys
@@ -28,11 +27,10 @@ from engram.store.database import Database
 from engram.store.engine import create_engine
 from engram.store.migrations import upgrade
 from support.fake_provider import FakeProvider, start_fake_provider
-from support.postgres import EmbeddedPostgres, start_embedded_postgres
+from support.postgres import EmbeddedPostgres, fresh_postgres_database, start_embedded_postgres
 from support.redis import RedisServer, find_or_start_redis
 
 ENGINES = ("sqlite", "postgresql")
-_database_numbers = itertools.count()
 
 
 @pytest.fixture(autouse=True)
@@ -100,13 +98,6 @@ def postgres_template(postgres_server: EmbeddedPostgres) -> str:
 @pytest.fixture(params=ENGINES)
 def engine_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def fresh_postgres_database(server: EmbeddedPostgres, template: str | None = None) -> str:
-    name = f"engram_test_{os.getpid()}_{next(_database_numbers)}"
-    clause = f" TEMPLATE {template}" if template else ""
-    server.psql(f"CREATE DATABASE {name}{clause}")
-    return server.url(name)
 
 
 @pytest.fixture

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import aliased
 
+from engram.services.admin import DEFAULT_ORGANIZATION_ID, ensure_default_identity
 from engram.store.database import Database
 from engram.store.errors import OrganizationScopeError
 from engram.store.models import Agent, AgentTag, Block, Organization
@@ -90,3 +93,19 @@ async def test_read_sessions_cannot_write(database: Database) -> None:
         async with database.read(first) as session:
             session.add(Block(label="x"))
             await session.flush()
+
+
+async def test_servers_creating_the_default_identity_at_once_all_get_it(
+    database: Database,
+) -> None:
+    """Replicas starting together on a fresh database race to create it; none may fail."""
+    callers = await asyncio.gather(*(ensure_default_identity(database) for _ in range(4)))
+
+    assert {caller.organization_id for caller in callers} == {DEFAULT_ORGANIZATION_ID}
+    async with database.read(None, all_organizations=True) as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Organization)
+            .where(Organization.id == DEFAULT_ORGANIZATION_ID)
+        )
+    assert count == 1

@@ -9,6 +9,7 @@ server runs as a dedicated unprivileged user.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import shutil
@@ -132,3 +133,14 @@ def start_embedded_postgres() -> EmbeddedPostgres:
         ],
     )
     return EmbeddedPostgres(datadir=datadir, port=port, system_user=user)
+
+
+_database_numbers = itertools.count()
+
+
+def fresh_postgres_database(server: EmbeddedPostgres, template: str | None = None) -> str:
+    """A new, uniquely named database on ``server`` (a copy of ``template``); its URL."""
+    name = f"engram_test_{os.getpid()}_{next(_database_numbers)}"
+    clause = f" TEMPLATE {template}" if template else ""
+    server.psql(f"CREATE DATABASE {name}{clause}")
+    return server.url(name)

@@ -140,12 +140,17 @@ def _ping(run_id: str, last_seq: int) -> message_service_pb2.TurnEvent:
 
 def _roles_of(request: Any) -> list[str]:
     """The request's ``roles`` filter as role names."""
-    roles = []
-    for index, role in enumerate(request.roles):
-        if role not in ROLE_FROM_PROTO:
-            raise InvalidArgumentError.field(f"roles[{index}]", "is not a message role")
-        roles.append(ROLE_FROM_PROTO[role])
-    return roles
+    return _names_of(request.roles, ROLE_FROM_PROTO, "roles", "a message role")
+
+
+def _names_of(values: Any, names: dict[Any, str], field: str, what: str) -> list[str]:
+    """A repeated enum filter as the domain's names; an unknown value is a bad field."""
+    found = []
+    for index, value in enumerate(values):
+        if value not in names:
+            raise InvalidArgumentError.field(f"{field}[{index}]", f"is not {what}")
+        found.append(names[value])
+    return found
 
 
 def _time_of(request: Any, field: str) -> datetime | None:
@@ -459,12 +464,7 @@ async def follow_run(
 
 def _statuses_of(request: Any) -> list[str]:
     """The request's ``statuses`` filter as run status names."""
-    statuses = []
-    for index, status in enumerate(request.statuses):
-        if status not in STATUS_FROM_PROTO:
-            raise InvalidArgumentError.field(f"statuses[{index}]", "is not a run status")
-        statuses.append(STATUS_FROM_PROTO[status])
-    return statuses
+    return _names_of(request.statuses, STATUS_FROM_PROTO, "statuses", "a run status")
 
 
 def _wait_seconds(context: grpc.aio.ServicerContext) -> float:

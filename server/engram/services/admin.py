@@ -20,6 +20,7 @@ from engram.services.errors import InvalidArgumentError
 from engram.services.idempotency import create_once
 from engram.services.pagination import created_key, cut_page, oldest_first, page_request
 from engram.store.database import Database
+from engram.store.errors import UniqueViolationError
 from engram.store.models import ApiKey, Organization, User
 
 KEY_PREFIX = "engram_"
@@ -65,7 +66,12 @@ async def ensure_default_identity(database: Database) -> Caller:
                 User(id=DEFAULT_USER_ID, organization_id=DEFAULT_ORGANIZATION_ID, name="local")
             )
 
-    await database.run_transaction(work, None, all_organizations=True)
+    try:
+        await database.run_transaction(work, None, all_organizations=True)
+    except UniqueViolationError:
+        # Another server starting on the same fresh database created them first;
+        # once more finds them (or the user it had not created yet).
+        await database.run_transaction(work, None, all_organizations=True)
     return Caller(DEFAULT_ORGANIZATION_ID, DEFAULT_USER_ID, is_admin=True)
 
 

@@ -871,10 +871,7 @@ class MessageService:
         query = select(Message).where(Message.agent_id == agent_id)
         if wanted:
             query = query.where(Message.role.in_(wanted))
-        if start_time is not None:
-            query = query.where(Message.created_at >= start_time)
-        if end_time is not None:
-            query = query.where(Message.created_at < end_time)
+        query = _created_between(query, Message, start_time, end_time)
         query = _by_sequence(query, page, newest_first=newest_first)
         async with self.database.read(caller.organization_id) as session:
             await load(session, Agent, agent_id, "agent")
@@ -1003,10 +1000,7 @@ class MessageService:
             query = query.where(Run.agent_id == agent_id)
         if wanted:
             query = query.where(Run.status.in_(wanted))
-        if start_time is not None:
-            query = query.where(Run.created_at >= start_time)
-        if end_time is not None:
-            query = query.where(Run.created_at < end_time)
+        query = _created_between(query, Run, start_time, end_time)
         async with self.database.read(caller.organization_id) as session:
             if agent_id:
                 await load(session, Agent, agent_id, "agent")
@@ -2166,6 +2160,20 @@ def _summary_body(row: Message) -> str:
 
 
 # --- pagination by sequence ------------------------------------------------------------
+
+
+def _created_between(
+    query: Select[Any],
+    model: type[Message] | type[Run],
+    start: datetime | None,
+    end: datetime | None,
+) -> Select[Any]:
+    """Only rows created at or after ``start`` and before ``end`` (either may be open)."""
+    if start is not None:
+        query = query.where(model.created_at >= start)
+    if end is not None:
+        query = query.where(model.created_at < end)
+    return query
 
 
 def _by_sequence(query: Select[Any], page: PageRequest, *, newest_first: bool) -> Select[Any]:

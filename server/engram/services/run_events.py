@@ -17,37 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engram.adapters.event_log.base import LoggedEvent
-from engram.services.runtime.turn import (
-    ApprovalRequestEvent,
-    AssistantEvent,
-    HiddenReasoningEvent,
-    ReasoningEvent,
-    StepStarted,
-    ToolCallDeltaEvent,
-    ToolCallEvent,
-    ToolReturnEvent,
-    TurnFinished,
-)
-
-# The events a client sees during a step, as the loop produced them.
-StepEvent = (
-    ReasoningEvent
-    | AssistantEvent
-    | ToolCallDeltaEvent
-    | HiddenReasoningEvent
-    | ToolCallEvent
-    | ToolReturnEvent
-    | ApprovalRequestEvent
-)
-STEP_EVENTS = (
-    ReasoningEvent,
-    AssistantEvent,
-    ToolCallDeltaEvent,
-    HiddenReasoningEvent,
-    ToolCallEvent,
-    ToolReturnEvent,
-    ApprovalRequestEvent,
-)
+from engram.services.runtime.turn import StepEvent, StepStarted, TurnFinished
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +79,7 @@ class RunNumbering:
         if isinstance(event, StepStarted):
             self.step = event.step
             return []
-        if isinstance(event, STEP_EVENTS):
+        if isinstance(event, StepEvent):
             return [self._next(event, self.step)]
         if isinstance(event, TurnFinished):
             usage = RunUsage(event.prompt_tokens, event.completion_tokens, event.steps)

@@ -4,7 +4,7 @@ Runs outlive their streams: a dropped stream is resumed with StreamRun from
 the last seq, a retried start attaches to the first run, cancellation works
 by run or by agent, and shutdown ends what cannot finish.  Both storage
 engines, with the in-process event log and with Redis; several servers
-sharing Redis are covered by test_replicas.py.
+sharing Redis are covered by replicas/test_replicas.py.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ async def test_trimmed_positions_are_expired(
 ) -> None:
     if log_kind == "redis":
         # Redis trims approximately, a whole node (~100 entries) at a time, so a
-        # two-event limit keeps everything; test_replicas.py trims a long run.
+        # two-event limit keeps everything; replicas/test_replicas.py trims a long run.
         pytest.skip("Redis does not trim below one stream node")
     chat = short_log_chat
     agent = await new_agent(chat.org_a)

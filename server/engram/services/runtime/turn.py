@@ -276,18 +276,18 @@ class TurnFinished:
     completion_tokens: int
 
 
-TurnEvent = (
-    StepStarted
-    | ReasoningEvent
+# What a client sees of a step (the rest of TurnEvent is the loop's bookkeeping);
+# a union, so that ``isinstance(event, StepEvent)`` tells them apart.
+StepEvent = (
+    ReasoningEvent
     | AssistantEvent
     | ToolCallDeltaEvent
     | HiddenReasoningEvent
     | ToolCallEvent
     | ToolReturnEvent
     | ApprovalRequestEvent
-    | StepFinished
-    | TurnFinished
 )
+TurnEvent = StepStarted | StepEvent | StepFinished | TurnFinished
 
 
 @dataclass(frozen=True)

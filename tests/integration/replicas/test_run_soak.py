@@ -19,18 +19,14 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from conftest import fresh_postgres_database
 from engram.v1 import message_service_pb2, run_pb2
-from support.fake_provider import FakeProvider, Reply, start_fake_provider
-from support.postgres import EmbeddedPostgres
-from support.redis import RedisServer
-from support.replicas import Replica, ReplicaClient, ReplicaConfig, running_replicas
+from support.fake_provider import FakeProvider, Reply
+from support.replicas import Replica, ReplicaClient
 
 TurnEvent = message_service_pb2.TurnEvent
 
@@ -48,38 +44,13 @@ REPLY = Reply(text=ANSWER, piece_chars=2, chunk_delay=0.05)
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[FakeProvider]:
-    fake = start_fake_provider()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture(scope="module")
-def replica_pair(
-    postgres_server: EmbeddedPostgres,
-    postgres_template: str,
-    redis_server: RedisServer,
-    provider: FakeProvider,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[list[Replica]]:
-    config = ReplicaConfig(
-        database_url=fresh_postgres_database(postgres_server, postgres_template),
-        redis_url=redis_server.url,
-        provider_url=provider.openai_base_url,
-        workdir=tmp_path_factory.mktemp("soak-replicas"),
-        settings={
-            "ENGRAM_STREAM_COALESCE_MS": "0",
-            "ENGRAM_STREAM_PING_INTERVAL_SECONDS": "1",
-            # Short enough that a run orphaned by a dropped start would show as
-            # owner_lost within the soak instead of hanging it.
-            "ENGRAM_RUN_LEASE_SECONDS": "5",
-        },
-    )
-    with running_replicas(config, ("a", "b")) as replicas:
-        yield replicas
+REPLICA_SETTINGS = {
+    "ENGRAM_STREAM_COALESCE_MS": "0",
+    "ENGRAM_STREAM_PING_INTERVAL_SECONDS": "1",
+    # Short enough that a run orphaned by a dropped start would show as
+    # owner_lost within the soak instead of hanging it.
+    "ENGRAM_RUN_LEASE_SECONDS": "5",
+}
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +25,11 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from conftest import fresh_postgres_database
 from engram.rpc.errors import unpack_detail
 from engram.v1 import message_service_pb2, run_pb2
 from support.api import rich_status
-from support.fake_provider import FakeProvider, Reply, start_fake_provider
-from support.postgres import EmbeddedPostgres
-from support.redis import RedisServer
-from support.replicas import Replica, ReplicaClient, ReplicaConfig, running_replicas
+from support.fake_provider import FakeProvider, Reply
+from support.replicas import Replica, ReplicaClient
 
 TurnEvent = message_service_pb2.TurnEvent
 StreamRunRequest = message_service_pb2.StreamRunRequest
@@ -79,38 +76,13 @@ class Cluster:
     provider: FakeProvider
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[FakeProvider]:
-    fake = start_fake_provider()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture(scope="module")
-def replica_pair(
-    postgres_server: EmbeddedPostgres,
-    postgres_template: str,
-    redis_server: RedisServer,
-    provider: FakeProvider,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[list[Replica]]:
-    config = ReplicaConfig(
-        database_url=fresh_postgres_database(postgres_server, postgres_template),
-        redis_url=redis_server.url,
-        provider_url=provider.openai_base_url,
-        workdir=tmp_path_factory.mktemp("replicas"),
-        settings={
-            "ENGRAM_RUN_LEASE_SECONDS": str(LEASE_SECONDS),
-            "ENGRAM_RUN_EVENT_MAX_LENGTH": str(MAX_LOG_LENGTH),
-            "ENGRAM_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
-            "ENGRAM_STREAM_PING_INTERVAL_SECONDS": "0.5",
-            "ENGRAM_STREAM_COALESCE_MS": "0",
-        },
-    )
-    with running_replicas(config, ("a", "b")) as replicas:
-        yield replicas
+REPLICA_SETTINGS = {
+    "ENGRAM_RUN_LEASE_SECONDS": str(LEASE_SECONDS),
+    "ENGRAM_RUN_EVENT_MAX_LENGTH": str(MAX_LOG_LENGTH),
+    "ENGRAM_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
+    "ENGRAM_STREAM_PING_INTERVAL_SECONDS": "0.5",
+    "ENGRAM_STREAM_COALESCE_MS": "0",
+}
 
 
 @pytest.fixture
