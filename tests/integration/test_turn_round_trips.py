@@ -4,8 +4,10 @@ A step's server overhead is mostly round trips to the database, so their
 number is pinned here: a later change that adds a query to every turn or to
 every step fails this test instead of slowly eroding the turn's latency
 (``scripts/bench-turns`` measures the time itself).  The counts are of
-statements the engine executes; SQLite's ``BEGIN`` statements are left out so
-that both engines count the same work.
+statements the engine executes, plus the reads run straight on the driver
+(:class:`~engram.store.agent_reads.AgentReader`), which the engine never sees;
+SQLite's ``BEGIN`` statements are left out so that both engines count the
+same work.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from engram.services.agents import AgentService, NewAgent
 from engram.services.caller import Caller
 from engram.services.messages import MessageService
 from engram.services.runtime.turn import StopReason, TurnFinished
+from engram.store.agent_reads import AgentReader
 from engram.store.database import Database
 from support.fake_provider import FakeProvider, Reply, ToolCall
 from support.llm import fake_registry
 
-# Before the first step, in two sessions: the agent read to pick its
-# provider; then one transaction that locks the agent, reads its last
-# sequence number and whether a run is running (one statement), its blocks,
-# tools, passage count and attached files, and inserts the run and the user's
-# message.  The buffer is not read when the agent's previous turn ran in this
-# process (see engram.services.runtime.buffer_cache); otherwise it costs one more.
-STATEMENTS_BEFORE_FIRST_STEP = 9
+# Before the first step: the agent read to pick its provider (on the driver);
+# then one transaction that locks the agent, reads its state in one statement
+# (last sequence number, whether a run is running, blocks, tools, passage
+# count, attached files: engram.store.agent_state), and inserts the run and
+# the user's message.  The buffer is not read when the agent's previous turn
+# ran in this process (see engram.services.runtime.buffer_cache); otherwise it
+# costs one more.
+STATEMENTS_BEFORE_FIRST_STEP = 5
 # Each step's checkpoint: the step, its messages (one statement for all of
 # them), and the run's update.
 STATEMENTS_PER_STEP = 3
@@ -52,6 +56,11 @@ class Counts:
 def counting(database: Database) -> Iterator[Counts]:
     counts = Counts()
     engine = database.engine.sync_engine
+    fetch = AgentReader.fetch
+
+    async def counted_fetch(reader: AgentReader, *args: Any) -> Any:
+        counts.statements.append(f"(on the driver) {reader._compiled.sql}")
+        return await fetch(reader, *args)
 
     def on_execute(*args: Any) -> None:
         statement = str(args[2])
@@ -63,9 +72,11 @@ def counting(database: Database) -> Iterator[Counts]:
 
     event.listen(engine, "before_cursor_execute", on_execute)
     event.listen(engine.pool, "checkout", on_checkout)
+    AgentReader.fetch = counted_fetch  # type: ignore[method-assign]
     try:
         yield counts
     finally:
+        AgentReader.fetch = fetch  # type: ignore[method-assign]
         event.remove(engine, "before_cursor_execute", on_execute)
         event.remove(engine.pool, "checkout", on_checkout)
 

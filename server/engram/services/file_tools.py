@@ -45,6 +45,7 @@ from engram.services.base_tools import GREP_PAGE_SIZE, MAX_OPEN_FILES, ensure_ba
 from engram.services.passages import PassageQuery, PassageService
 from engram.services.runtime.memory_prompt import FileEntry, FileWindow, render_files
 from engram.services.runtime.turn import ToolOutcome
+from engram.store.agent_state import MAX_LISTED_FILES, ListedFile, files_listing, listed_file
 from engram.store.database import Database
 from engram.store.models import (
     Agent,
@@ -68,8 +69,6 @@ FILE_TOOLS: tuple[str, ...] = (OPEN_FILES, GREP_FILES, SEMANTIC_SEARCH_FILES)
 VIEW_CHAR_LIMIT = 15_000
 # Open files with more text than this together get their windows cut in a thread.
 INLINE_WINDOW_CHARS = 200_000
-# The most files the system message lists by name.
-MAX_LISTED_FILES = 100
 # grep_files: lines of context, how long a pattern may run.  (MAX_OPEN_FILES and
 # GREP_PAGE_SIZE are in base_tools, whose descriptions name them.)
 GREP_DEFAULT_CONTEXT = 1
@@ -117,36 +116,29 @@ class _OpenRequest:
 
 async def files_section(session: AsyncSession, agent_id: str) -> str:
     """The agent's attached files and the open ones' windows, as the system message shows them."""
-    open_first = FileView.file_id.is_(None)
-    rows = (
-        await session.execute(
-            select(
-                SourceFile.id,
-                Source.name,
-                SourceFile.file_name,
-                SourceFile.text.is_not(None),
-                FileView.start_line,
-                FileView.line_count,
-            )
-            .join(Source, Source.id == SourceFile.source_id)
-            .join(SourceAgent, _attached_to(agent_id))
-            .outerjoin(
-                FileView,
-                and_(
-                    FileView.file_id == SourceFile.id,
-                    FileView.agent_id == agent_id,
-                    FileView.is_open.is_(True),
-                ),
-            )
-            .order_by(open_first, Source.name, SourceFile.file_name, SourceFile.id)
-            .limit(MAX_LISTED_FILES + 1)
-        )
-    ).all()
+    rows = (await session.execute(files_listing(agent_id))).all()
+    return await files_section_of(session, agent_id, [listed_file(row) for row in rows])
+
+
+async def files_section_of(
+    session: AsyncSession, agent_id: str, listed: Sequence[ListedFile]
+) -> str:
+    """:func:`files_section` from the listing already read (one past the limit at most).
+
+    Reads more only when needed: the open files' texts, and how many files
+    there are when they are too many to list.
+    """
+    if not listed:
+        return render_files([], more=0)
     more = 0
-    if len(rows) > MAX_LISTED_FILES:
-        rows = rows[:MAX_LISTED_FILES]
+    if len(listed) > MAX_LISTED_FILES:
+        listed = listed[:MAX_LISTED_FILES]
         more = await _attached_count(session, agent_id) - MAX_LISTED_FILES
-    views = {row[0]: (row[4], row[5]) for row in rows if row[4] is not None}
+    views = {
+        file.id: (file.start_line, file.line_count or 0)
+        for file in listed
+        if file.start_line is not None
+    }
     texts = await _texts(session, list(views))
 
     def windows() -> dict[str, FileWindow]:
@@ -156,8 +148,8 @@ async def files_section(session: AsyncSession, agent_id: str) -> str:
     large = sum(len(text) for text in texts.values()) > INLINE_WINDOW_CHARS
     cut = await asyncio.to_thread(windows) if large else windows()
     entries = [
-        FileEntry(f"{source}/{file_name}", bool(has_text), cut.get(file_id))
-        for file_id, source, file_name, has_text, _, _ in rows
+        FileEntry(f"{file.source}/{file.file_name}", file.has_text, cut.get(file.id))
+        for file in listed
     ]
     return render_files(entries, more=more)
 

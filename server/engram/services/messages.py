@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -57,7 +58,7 @@ from engram.services.blocks import new_block
 from engram.services.caller import Caller
 from engram.services.common import load
 from engram.services.errors import FailedPreconditionError, InvalidArgumentError
-from engram.services.file_tools import FILE_TOOLS, OPEN_FILES, FileToolService, files_section
+from engram.services.file_tools import FILE_TOOLS, OPEN_FILES, FileToolService, files_section_of
 from engram.services.idempotency import check_request_id
 from engram.services.message_search import conversation_search
 from engram.services.pagination import (
@@ -119,20 +120,18 @@ from engram.services.runtime.turn import (
     run_turn,
     time_left_for_call,
 )
+from engram.store.agent_reads import AgentReader, AgentRecord, agent_by_id, record_of
+from engram.store.agent_state import AgentState, StoredTool, read_agent_state
 from engram.store.database import Database
-from engram.store.errors import OrganizationScopeError, UniqueViolationError
+from engram.store.errors import NotFoundError, OrganizationScopeError, UniqueViolationError
 from engram.store.ids import IdPrefix, new_id
 from engram.store.models import (
     Agent,
     AgentBlock,
-    AgentTool,
-    ArchiveAgent,
     Block,
     Message,
-    Passage,
     Run,
     Step,
-    Tool,
 )
 from engram.store.models.tools import DEFAULT_RETURN_CHAR_LIMIT
 from engram.store.scoping import organization_of
@@ -267,6 +266,8 @@ class MessageService:
         # The buffers this process's turns last read or wrote, so the next
         # turn of an agent reads only what is new (see buffer_cache).
         self._buffers = BufferCache()
+        # The turn's first read of its agent, on the driver connection.
+        self._reader: AgentReader | None = None
 
     # --- turns ---------------------------------------------------------------------
 
@@ -589,7 +590,7 @@ class MessageService:
         if max_steps < 1:
             raise InvalidArgumentError.field("max_steps", "must be at least 1")
         agent = await self._agent(caller, agent_id)
-        provider, model = await self._provider_for(agent)
+        provider, model = await self._provider_for(caller.organization_id, agent)
         settings = TurnSettings(
             model=model,
             contract=_contract(agent),
@@ -616,11 +617,35 @@ class MessageService:
                 async for event in turn_events:
                     yield event
 
-    async def _agent(self, caller: Caller, agent_id: str) -> Agent:
-        async with self.database.read(caller.organization_id) as session:
-            return await load(session, Agent, agent_id, "agent")
+    async def _agent(self, caller: Caller, agent_id: str) -> AgentRecord:
+        """The agent's columns, read below the ORM (see :mod:`engram.store.agent_reads`).
 
-    async def _provider_for(self, agent: Agent) -> tuple[LLMProvider, str]:
+        Read before the turn is claimed, to pick the provider: an error there
+        leaves no run behind.
+        """
+        row: Sequence[Any] | None
+        try:
+            row = await self._agent_reader().fetch(caller.organization_id, agent_id)
+        except Exception:
+            # A failure below the ORM (a connection lost since its last use) is
+            # retried once through a session, which reconnects and translates
+            # database errors into store errors.
+            async with self.database.read(caller.organization_id) as session:
+                row = (
+                    await session.execute(_agent_read(lock=False), {"agent_id": agent_id})
+                ).first()
+        if row is None:
+            raise NotFoundError("agent", agent_id)
+        return record_of(row)
+
+    def _agent_reader(self) -> AgentReader:
+        if self._reader is None:
+            self._reader = AgentReader(self.database.engine, _agent_read(lock=False))
+        return self._reader
+
+    async def _provider_for(
+        self, organization_id: str, agent: AgentRecord
+    ) -> tuple[LLMProvider, str]:
         if not agent.model:
             raise FailedPreconditionError(
                 f"agents/{agent.id} has no model; set one (provider/model) before sending",
@@ -628,7 +653,7 @@ class MessageService:
                 violation_type="AGENT_HAS_NO_MODEL",
             )
         # The organization's own providers first, then the environment's.
-        return await self.providers.resolve_model(agent.organization_id, agent.model)
+        return await self.providers.resolve_model(organization_id, agent.model)
 
     @contextlib.asynccontextmanager
     async def _claim(self, agent_id: str) -> AsyncIterator[None]:
@@ -666,14 +691,15 @@ class MessageService:
         lost: list[str] = []
 
         async def work(session: AsyncSession) -> _RunStart:
-            agent, recall, lost[:] = await _lock_agent(session, agent_id)
+            agent, state, lost[:] = await _lock_agent(session, agent_id)
+            recall = state.last_sequence
             review = None
             if isinstance(opening, _Review):
                 review = await _locate_pending_call(session, agent_id, opening)
             context = await _read_context(
                 session,
                 agent,
-                recall,
+                state,
                 keep_from=review.sequence if review is not None else None,
                 buffers=self._buffers,
             )
@@ -948,7 +974,7 @@ class MessageService:
         (an empty buffer has nothing to fold).
         """
         agent = await self._agent(caller, agent_id)
-        provider, model = await self._provider_for(agent)
+        provider, model = await self._provider_for(caller.organization_id, agent)
         async with self._claim(agent_id):
 
             async def idle(session: AsyncSession) -> None:
@@ -1233,7 +1259,7 @@ def _run_status(stop: StopReason) -> str:
 # --- the turn's inputs -----------------------------------------------------------------
 
 
-def _contract(agent: Agent) -> LoopContract:
+def _contract(agent: AgentRecord) -> LoopContract:
     try:
         return LoopContract(agent.agent_type)
     except ValueError:
@@ -1346,91 +1372,105 @@ class _RunStart:
 async def _load_context(database: Database, organization_id: str, agent_id: str) -> _AgentContext:
     """The agent's memory, tools, rules and buffer, as its next turn would see them."""
     async with database.read(organization_id) as session:
-        agent = await load(session, Agent, agent_id, "agent")
-        recall = await _last_sequence(session, agent_id)
-        return await _read_context(session, agent, recall)
+        agent = await _read_agent(session, agent_id, lock=False)
+        return await _read_context(session, agent, await read_agent_state(session, agent_id))
 
 
-async def _lock_agent(session: AsyncSession, agent_id: str) -> tuple[Agent, int, list[str]]:
-    """The agent's row, locked for the transaction, its last message sequence number,
-    and the runs found lost (ended here as failed; their logs still need an ending).
+@dataclass(frozen=True)
+class _TurnAgent:
+    """The agent's columns a turn starts from."""
+
+    record: AgentRecord
+    organization_id: str
+    context_start_sequence: int
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+@functools.cache
+def _agent_read(*, lock: bool) -> Select[Any]:
+    """The agent's columns and its buffer's start, by ``:agent_id`` (scoped); built once."""
+    statement = agent_by_id((Agent.__table__.c.context_start_sequence,))
+    return statement.with_for_update() if lock else statement
+
+
+async def _read_agent(session: AsyncSession, agent_id: str, *, lock: bool) -> _TurnAgent:
+    row = (await session.execute(_agent_read(lock=lock), {"agent_id": agent_id})).first()
+    if row is None:
+        raise NotFoundError("agent", agent_id)
+    organization_id = organization_of(session.sync_session)
+    assert organization_id is not None  # the read ran scoped
+    return _TurnAgent(record_of(row), organization_id, int(row[-1]))
+
+
+async def _lock_agent(
+    session: AsyncSession, agent_id: str
+) -> tuple[_TurnAgent, AgentState, list[str]]:
+    """The agent's row, locked for the transaction, its state (last message sequence
+    number, memory, tools, ...), and the runs found lost (ended here as failed;
+    their logs still need an ending).
 
     Refused (AGENT_BUSY) when a live run holds the agent.  Once the lock is
-    held, one statement reads the last sequence number and whether any run
-    is running; only then are the running runs read (and abandoned ones
-    closed).  Both are read after the lock is granted, never in the locking
-    statement itself: on PostgreSQL that statement's snapshot predates the
-    wait, and would miss what the previous holder of the lock committed.
+    held, one statement reads the agent's state, including whether any of
+    its runs is running; only then are the running runs read (and abandoned
+    ones closed).  The state is read after the lock is granted, never in the
+    locking statement itself: on PostgreSQL that statement's snapshot
+    predates the wait, and would miss what the previous holder of the lock
+    committed.
     """
-    agent = await load(session, Agent, agent_id, "agent", lock=True)
-    last = select(func.max(Message.sequence_id)).where(Message.agent_id == agent_id)
-    running = select(Run.id).where(Run.agent_id == agent_id, Run.status == RUNNING).exists()
-    row = (await session.execute(select(last.scalar_subquery(), running))).one()
-    lost = await _refuse_if_running(session, agent_id) if row[1] else []
-    return agent, int(row[0] or 0), lost
+    agent = await _read_agent(session, agent_id, lock=True)
+    state = await read_agent_state(session, agent_id)
+    lost = await _refuse_if_running(session, agent_id) if state.running else []
+    return agent, state, lost
 
 
 async def _read_context(
     session: AsyncSession,
-    agent: Agent,
-    recall: int,
+    agent: _TurnAgent,
+    state: AgentState,
     *,
     keep_from: int | None = None,
     buffers: BufferCache | None = None,
 ) -> _AgentContext:
     """The agent's memory, tools, rules and buffer, read once at the start of a turn.
 
-    ``recall`` is the agent's last message sequence number.  ``keep_from``
-    (the sequence of a call being reviewed) widens the buffer to include it,
-    so its result never reaches the model without the call.  With
-    ``buffers``, only the part of the buffer not kept there is read.
+    ``state`` is what :func:`read_agent_state` read.  ``keep_from`` (the
+    sequence of a call being reviewed) widens the buffer to include it, so
+    its result never reaches the model without the call.  With ``buffers``,
+    only the part of the buffer not kept there is read.
     """
-    agent_id = agent.id
-    blocks = (
-        await session.scalars(
-            select(Block)
-            .join(AgentBlock, AgentBlock.block_id == Block.id)
-            .where(AgentBlock.agent_id == agent_id)
-        )
-    ).all()
-    tools = (
-        await session.scalars(
-            select(Tool)
-            .join(AgentTool, AgentTool.tool_id == Tool.id)
-            .where(AgentTool.agent_id == agent_id)
-            .order_by(Tool.name)
-        )
-    ).all()
+    record, recall = agent.record, state.last_sequence
     # An agent that clears its buffer starts each turn from the turn's own messages.
-    start = recall + 1 if agent.message_buffer_autoclear else agent.context_start_sequence
+    start = recall + 1 if record.message_buffer_autoclear else agent.context_start_sequence
     if keep_from is not None:
         start = min(start, keep_from)
     buffer = await _read_buffer(session, agent, start, recall, buffers)
-    passages = await _passage_count(session, agent_id)
-    solver = ToolRuleSolver.from_rules([*agent.tool_rules, *_approval_rules(tools)])
+    solver = ToolRuleSolver.from_rules([*record.tool_rules, *_approval_rules(state.tools)])
     return _AgentContext(
-        memory=CoreMemory(MemoryBlockState.of(block) for block in blocks),
-        tools=[_runtime_tool(tool) for tool in tools],
+        memory=CoreMemory(MemoryBlockState.of(block) for block in state.blocks),
+        tools=[_runtime_tool(tool) for tool in state.tools],
         solver=solver,
         buffer=buffer,
         system=_SystemPrompt(
-            prompt=agent.system,
+            prompt=record.system,
             rule_lines=solver.rule_prompts(),
             # Sequence numbers count the messages (none are deleted one by one), and
             # reading the highest one is an index lookup where COUNT(*) is a scan.
             recall_messages=recall,
-            archival_passages=passages,
-            last_memory_change=max((block.updated_at for block in blocks), default=None),
-            files=await files_section(session, agent_id),
+            archival_passages=state.passages,
+            last_memory_change=state.last_memory_change,
+            files=await files_section_of(session, agent.id, state.files),
         ),
-        window=agent.context_window_limit or DEFAULT_CONTEXT_WINDOW,
+        window=record.context_window_limit or DEFAULT_CONTEXT_WINDOW,
         buffer_start=start,
-        model=agent.model or "",
+        model=record.model or "",
     )
 
 
 async def _read_buffer(
-    session: AsyncSession, agent: Agent, start: int, recall: int, buffers: BufferCache | None
+    session: AsyncSession, agent: _TurnAgent, start: int, recall: int, buffers: BufferCache | None
 ) -> list[ChatMessage]:
     """The buffer from sequence ``start`` on: what ``buffers`` keeps of it, plus what is newer.
 
@@ -1482,17 +1522,7 @@ async def _last_sequence(session: AsyncSession, agent_id: str) -> int:
     return int(last or 0)
 
 
-async def _passage_count(session: AsyncSession, agent_id: str) -> int:
-    count = await session.scalar(
-        select(func.count())
-        .select_from(Passage)
-        .join(ArchiveAgent, ArchiveAgent.archive_id == Passage.archive_id)
-        .where(ArchiveAgent.agent_id == agent_id)
-    )
-    return int(count or 0)
-
-
-def _runtime_tool(tool: Tool) -> RuntimeTool:
+def _runtime_tool(tool: StoredTool) -> RuntimeTool:
     """The tool as the model is offered it, from its stored JSON schema."""
     schema = tool.json_schema or {}
     parameters = schema.get("parameters") or {"type": "object", "properties": {}}
@@ -1504,7 +1534,7 @@ def _runtime_tool(tool: Tool) -> RuntimeTool:
     return RuntimeTool(spec, return_char_limit=tool.return_char_limit)
 
 
-def _approval_rules(tools: Sequence[Tool]) -> list[dict[str, Any]]:
+def _approval_rules(tools: Sequence[StoredTool]) -> list[dict[str, Any]]:
     """A tool marked as needing approval by default needs it on every agent."""
     return [
         {"requires_approval": {"tool_name": tool.name}}

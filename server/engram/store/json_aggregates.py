@@ -19,7 +19,7 @@ from sqlalchemy.orm import QueryableAttribute
 Column = ColumnElement[Any] | QueryableAttribute[Any]
 
 
-def json_list(dialect: str, value: Column, order_by: Column) -> Any:
+def json_list(dialect: str, value: Column, *order_by: Column) -> Any:
     """An aggregate of ``value`` ordered by ``order_by``, as one JSON array ([] for no rows).
 
     The ordering happens inside the aggregate, in the database's own collation,
@@ -27,9 +27,9 @@ def json_list(dialect: str, value: Column, order_by: Column) -> Any:
     """
     if dialect == "postgresql":
         return func.coalesce(
-            func.json_agg(value).aggregate_order_by(order_by), literal_column("'[]'::json")
+            func.json_agg(value).aggregate_order_by(*order_by), literal_column("'[]'::json")
         )
-    return func.json_group_array(value).aggregate_order_by(order_by)
+    return func.json_group_array(value).aggregate_order_by(*order_by)
 
 
 def as_json(expression: Any) -> ColumnElement[Any]:
