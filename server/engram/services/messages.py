@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, func, insert, or_, select, update
+from sqlalchemy import Insert, Select, Table, Update, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.adapters.event_log.base import EventsExpiredError, LoggedEvent
@@ -134,7 +134,7 @@ from engram.store.models import (
     Step,
 )
 from engram.store.models.tools import DEFAULT_RETURN_CHAR_LIMIT
-from engram.store.scoping import organization_of
+from engram.store.scoping import organization_of, prescoped
 from engram.store.types import utc_now
 
 logger = logging.getLogger(__name__)
@@ -1192,14 +1192,27 @@ async def _update_running_run(session: AsyncSession, run_id: str, **values: Any)
     server ended it as lost while this one was cut off, and what this one
     would store now belongs to no run.
     """
-    result = await session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status == RUNNING)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    statement = _running_run_update(tuple(sorted(values)))
+    parameters = {f"new_{column}": value for column, value in values.items()}
+    result = await session.execute(statement, {"run_id": run_id, **parameters})
     if getattr(result, "rowcount", 1) == 0:
         raise RunTakenError(f"runs/{run_id} was ended by another server while it ran here")
+
+
+@functools.cache
+def _running_run_update(columns: tuple[str, ...]) -> Update:
+    """The update of a running run's ``columns`` (bound as ``:new_<column>``), built once.
+
+    :func:`prescoped`: built once per set of columns (a step's and a run's
+    end), its cache key is computed once, not on every checkpoint.
+    """
+    statement = (
+        update(Run)
+        .where(Run.id == bindparam("run_id"), Run.status == RUNNING)
+        .values({column: bindparam(f"new_{column}") for column in columns})
+        .execution_options(synchronize_session=False)
+    )
+    return prescoped(statement)
 
 
 class RunTakenError(Exception):
@@ -1960,21 +1973,27 @@ _MESSAGE_KEYS = (
 async def _insert(session: AsyncSession, model: type[Any], rows: Sequence[dict[str, Any]]) -> None:
     """Insert rows of one model in one statement, in the session's organization.
 
-    A bulk insert, not the unit of work: a turn writes new rows it never
-    reads back through the session, and the unit of work's bookkeeping
-    (identity map, per-object state, flush ordering) was a large part of
-    a checkpoint's CPU time.  So the organization, which a flush would
-    fill in and check, is set here from the session's scope.
+    A Core insert on the model's table, not the unit of work nor the ORM's
+    bulk insert: a turn writes new rows it never reads back through the
+    session, and the ORM's bookkeeping (per-object state, then the bulk
+    path's per-row mapping of attributes to columns) was a large part of a
+    checkpoint's CPU time.  So the organization, which a flush would fill in
+    and check, is set here from the session's scope.  Every row must set the
+    same columns (None is sent as NULL), so that they share one statement.
     """
     organization_id = organization_of(session.sync_session)
     if organization_id is None:
         raise OrganizationScopeError("rows were inserted in a session without an organization")
-    # Nulls are sent as such, so rows with and without a value in a column
-    # still share one statement (all the defaults are the client's anyway).
     await session.execute(
-        insert(model).execution_options(render_nulls=True),
+        _insert_into(model.__table__),
         [{**row, "organization_id": organization_id} for row in rows],
     )
+
+
+@functools.cache
+def _insert_into(table: Table) -> Insert:
+    # Built once per table, so SQLAlchemy's cache key for it is computed once.
+    return insert(table)
 
 
 async def _save_memory(
