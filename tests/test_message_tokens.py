@@ -83,3 +83,22 @@ def test_the_oldest_counts_go_first() -> None:
     assert counter.calls == calls
     tokens.count(counter, a)  # forgotten: counted again
     assert counter.calls == calls + 2
+
+
+def test_the_inline_count_is_the_whole_count() -> None:
+    counter = CountingCounter()
+    tokens = MessageTokens()
+    expected = count_context(counter, MESSAGES, TOOLS)
+    assert tokens.count_context_inline(counter, MESSAGES, TOOLS) == expected
+    assert tokens.count_context_inline(counter, MESSAGES, TOOLS, budget=0) == expected
+
+
+def test_the_inline_count_gives_up_on_much_new_text() -> None:
+    counter = CountingCounter()
+    tokens = MessageTokens()
+    long = ChatMessage(Role.USER, "word " * 400)
+    assert tokens.count_context_inline(counter, [*MESSAGES, long], TOOLS, budget=1000) is None
+    # What it counted before giving up is remembered; the rest is counted once.
+    calls = counter.calls
+    tokens.count_context(counter, [*MESSAGES, long], TOOLS)
+    assert counter.calls == calls + 2 + 1  # the long message's role and text, and the tools

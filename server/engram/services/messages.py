@@ -2063,8 +2063,11 @@ class _Compactor:
     async def before_step(self, turn: Turn) -> None:
         """Compact first when the coming call would pass the threshold of the window."""
         counter = await default_counters().for_model(self.context.model)
-        count = default_message_tokens().count_context
-        tokens = await asyncio.to_thread(count, counter, turn.history, _specs(turn.tools))
+        counts, specs = default_message_tokens(), _specs(turn.tools)
+        # Mostly remembered counts: done in place, unless there is much new text.
+        tokens = counts.count_context_inline(counter, turn.history, specs)
+        if tokens is None:
+            tokens = await asyncio.to_thread(counts.count_context, counter, turn.history, specs)
         if needs_compaction(tokens, self.context.window, self.trigger_fraction):
             await self._compact_turn(turn)
 
