@@ -12,6 +12,7 @@ from engram.services.admin import DEFAULT_ORGANIZATION_ID, ensure_default_identi
 from engram.store.database import Database
 from engram.store.errors import OrganizationScopeError
 from engram.store.models import Agent, AgentTag, Block, Organization
+from engram.store.scoping import scoped_update
 
 
 async def two_organizations(database: Database) -> tuple[str, str]:
@@ -109,3 +110,18 @@ async def test_servers_creating_the_default_identity_at_once_all_get_it(
             .where(Organization.id == DEFAULT_ORGANIZATION_ID)
         )
     assert count == 1
+
+
+async def test_a_scoped_update_changes_only_its_organization(database: Database) -> None:
+    first, second = await two_organizations(database)
+    blocks = Block.__table__
+    statement = scoped_update(blocks).values(value="changed")  # type: ignore[arg-type]
+    async with database.transaction(first) as session:
+        await session.execute(statement)
+    async with database.read(second) as session:
+        assert (await session.scalars(select(Block.value))).all() == ["theirs"]
+    async with database.read(first) as session:
+        assert (await session.scalars(select(Block.value))).all() == ["changed"]
+    with pytest.raises(OrganizationScopeError):
+        async with database.transaction(None) as session:
+            await session.execute(statement)

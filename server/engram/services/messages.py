@@ -134,7 +134,7 @@ from engram.store.models import (
     Step,
 )
 from engram.store.models.tools import DEFAULT_RETURN_CHAR_LIMIT
-from engram.store.scoping import organization_of, prescoped
+from engram.store.scoping import organization_of, scoped_update
 from engram.store.types import utc_now
 
 logger = logging.getLogger(__name__)
@@ -1203,16 +1203,16 @@ async def _update_running_run(session: AsyncSession, run_id: str, **values: Any)
 def _running_run_update(columns: tuple[str, ...]) -> Update:
     """The update of a running run's ``columns`` (bound as ``:new_<column>``), built once.
 
-    :func:`prescoped`: built once per set of columns (a step's and a run's
-    end), its cache key is computed once, not on every checkpoint.
+    Built once per set of columns (a step's, a run's end) and on the table
+    (:func:`scoped_update`), so neither its cache key nor the ORM's update
+    path is paid at every checkpoint.
     """
-    statement = (
-        update(Run)
-        .where(Run.id == bindparam("run_id"), Run.status == RUNNING)
+    runs = cast(Table, Run.__table__)
+    return (
+        scoped_update(runs)
+        .where(runs.c.id == bindparam("run_id"), runs.c.status == RUNNING)
         .values({column: bindparam(f"new_{column}") for column in columns})
-        .execution_options(synchronize_session=False)
     )
-    return prescoped(statement)
 
 
 class RunTakenError(Exception):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from sqlalchemy import BindParameter, Executable, bindparam, event
+from sqlalchemy import BindParameter, Executable, Table, Update, bindparam, event, update
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
 
 from engram.store.errors import OrganizationScopeError
@@ -62,6 +62,20 @@ def prescoped(statement: StatementT) -> StatementT:
     return statement.options(_SCOPE_CRITERIA).execution_options(**{_PRESCOPED: True})
 
 
+def scoped_update(table: Table) -> Update:
+    """A Core ``UPDATE`` of ``table`` that already says ``organization_id = <scope>``.
+
+    For an update run at every step: the ORM's update path, which the
+    criteria option of :func:`prescoped` needs, rebuilds the statement (and
+    its cache key) on every execution.  This one names the organization
+    itself, as the bound parameter the session's hook supplies for prescoped
+    statements, so it runs only in a session scoped to one organization; in
+    one without, it is refused like any unscoped query.
+    """
+    criterion = table.c.organization_id == _SCOPE_BIND
+    return update(table).where(criterion).execution_options(**{_PRESCOPED: True})
+
+
 class ScopedSession(Session):
     """The sync session class behind every ``AsyncSession`` the store opens."""
 
@@ -84,7 +98,7 @@ def _add_organization_criteria(state: ORMExecuteState) -> None:
         return
     organization_id = organization_of(session)
     if organization_id is None:
-        if _touches_scoped_models(state):
+        if _touches_scoped_models(state) or state.execution_options.get(_PRESCOPED):
             raise OrganizationScopeError(
                 "a query on organization-owned rows ran in a session without an organization"
             )
