@@ -8,6 +8,8 @@ declare, and older ones know ``max_tokens`` but not ``max_completion_tokens``.
 
 from __future__ import annotations
 
+import json
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,25 +95,24 @@ class OpenAIChatProvider:
         except openai.OpenAIError as error:
             raise translate_error(self.name, error) from error
 
-    async def _post(self, parameters: dict[str, Any]) -> Any:
+    async def _post(self, request: ChatRequest, *, stream: bool) -> Any:
         """POST /chat/completions through the SDK client, skipping its parameter transform.
 
         ``chat.completions.create`` first walks the whole request through the
         SDK's typed-dict transformer, which measured 28 ms of CPU per call for a
         small agent (more than everything else in a step together).  Our request
-        is already plain JSON of the right shape, so it goes straight to the
-        client's ``post``, which still does authentication, retries, timeouts,
-        response parsing and streaming.
+        is plain JSON of the right shape, encoded here (:func:`request_body`),
+        so it goes straight to the client's ``post``, which still does
+        authentication, retries, timeouts, response parsing and streaming.
         """
         options: dict[str, Any] = {"security": {"bearer_auth": True}}
-        timeout = parameters.pop("timeout", None)
-        if timeout is not None:
-            options["timeout"] = timeout
-        stream = bool(parameters.get("stream"))
+        if request.timeout is not None:
+            options["timeout"] = request.timeout
+        body = request_body(request, self.settings.max_tokens_field, stream=stream)
         # The options are a plain dict where the SDK declares its private RequestOptions.
         return await self._client.post(  # type: ignore[call-overload]
             "/chat/completions",
-            body=parameters,
+            content=body,
             cast_to=ChatCompletion,
             options=options,
             stream=stream,
@@ -121,19 +122,16 @@ class OpenAIChatProvider:
     async def complete(self, request: ChatRequest) -> ChatResult:
         """One call, answered whole."""
         try:
-            response = await self._post(
-                request_parameters(request, self.settings.max_tokens_field, stream=False)
-            )
+            response = await self._post(request, stream=False)
         except openai.OpenAIError as error:
             raise translate_error(self.name, error) from error
         return result_from_completion(self.name, response)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """One call, answered as it is generated; ends with :class:`Completed`."""
-        parameters = request_parameters(request, self.settings.max_tokens_field, stream=True)
         assembler = _StreamAssembler(self.name)
         try:
-            chunks = await self._post(parameters)
+            chunks = await self._post(request, stream=True)
             async with chunks:
                 async for chunk in chunks:
                     for event in assembler.feed(chunk):
@@ -146,13 +144,44 @@ class OpenAIChatProvider:
 # --- requests ------------------------------------------------------------------------
 
 
+# JSON as the SDK itself encodes request bodies: UTF-8 as is, no spaces, no NaN.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# Each message's encoded form, for as long as the message exists.  A turn's
+# buffer is the same message objects from step to step (and from turn to
+# turn, kept by the buffer cache), and re-encoding it was most of a request's
+# cost; holding the encodings weakly ties their lifetime to the messages'.
+_ENCODED: weakref.WeakKeyDictionary[ChatMessage, str] = weakref.WeakKeyDictionary()
+
+
+def request_body(request: ChatRequest, max_tokens_field: str, *, stream: bool) -> bytes:
+    """The JSON body of :func:`request_parameters`, messages encoded once per message.
+
+    Key order aside, the same JSON as the SDK would send for those parameters.
+    """
+    parameters = request_parameters(request, max_tokens_field, stream=stream, messages=False)
+    parameters.pop("timeout", None)  # a client option, not part of the body
+    messages = ",".join(_encoded(message) for message in request.messages)
+    rest = _ENCODE(parameters)  # never empty: the model is always there
+    return f'{{"messages":[{messages}],{rest[1:]}'.encode()
+
+
+def _encoded(message: ChatMessage) -> str:
+    try:
+        known = _ENCODED.get(message)
+    except TypeError:  # unhashable (tool calls in a list): encoded every time
+        return _ENCODE(_message(message))
+    if known is None:
+        known = _ENCODED[message] = _ENCODE(_message(message))
+    return known
+
+
 def request_parameters(
-    request: ChatRequest, max_tokens_field: str, *, stream: bool
+    request: ChatRequest, max_tokens_field: str, *, stream: bool, messages: bool = True
 ) -> dict[str, Any]:
-    parameters: dict[str, Any] = {
-        "model": request.model,
-        "messages": [_message(message) for message in request.messages],
-    }
+    """The request's JSON parameters; with ``messages=False``, all but the messages."""
+    parameters: dict[str, Any] = {"model": request.model}
+    if messages:
+        parameters["messages"] = [_message(message) for message in request.messages]
     if request.tools:
         parameters["tools"] = [
             {
