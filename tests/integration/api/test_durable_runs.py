@@ -81,20 +81,6 @@ async def chat(
         yield harness
 
 
-@pytest.fixture
-async def short_log_chat(
-    settings: Settings,
-    database: Database,
-    fake_provider: FakeProvider,
-    redis_server: RedisServer,
-    log_kind: str,
-) -> AsyncIterator[ApiHarness]:
-    """A server whose run logs keep only the last two events."""
-    backend = await _backend(log_kind, redis_server, max_length=2)
-    async for harness in _harness(settings, database, fake_provider, backend):
-        yield harness
-
-
 async def new_agent(client: Client, rules: Sequence[dict[str, object]] = ()) -> str:
     agent = await client.agents.CreateAgent(
         agent_service_pb2.CreateAgentRequest(
@@ -197,32 +183,32 @@ async def test_positions_beyond_the_last_event_are_unknown(
 
 
 async def test_trimmed_positions_are_expired(
-    short_log_chat: ApiHarness, fake_provider: FakeProvider, log_kind: str
+    settings: Settings, database: Database, fake_provider: FakeProvider
 ) -> None:
-    if log_kind == "redis":
-        # Redis trims approximately, a whole node (~100 entries) at a time, so a
-        # two-event limit keeps everything; replicas/test_replicas.py trims a long run.
-        pytest.skip("Redis does not trim below one stream node")
-    chat = short_log_chat
-    agent = await new_agent(chat.org_a)
-    fake_provider.script(
-        Reply(tool_calls=[ToolCall("conversation_search", {"query": "tea"}, id="c1")]),
-        Reply(text="Nothing."),
-    )
-    events = await stream(chat.org_a, agent, "Any tea?")
-    assert len(events) == 5
+    # The in-process log, keeping two events per run. (Redis trims approximately, a
+    # whole node of about 100 entries at a time; replicas/test_replicas.py trims a
+    # long run there.)
+    backend = await open_event_log(None, retention_seconds=600, max_length=2)
+    async for chat in _harness(settings, database, fake_provider, backend):
+        agent = await new_agent(chat.org_a)
+        fake_provider.script(
+            Reply(tool_calls=[ToolCall("conversation_search", {"query": "tea"}, id="c1")]),
+            Reply(text="Nothing."),
+        )
+        events = await stream(chat.org_a, agent, "Any tea?")
+        assert len(events) == 5
 
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await resume(chat.org_a, events[0].run, 0)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await resume(chat.org_a, events[0].run, 0)
 
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    status = rich_status(refused.value)
-    assert reason_of(status) == "RUN_EVENTS_EXPIRED"
-    info = unpack_detail(status, error_details_pb2.ErrorInfo)
-    assert info is not None and int(info.metadata["first_seq"]) > 1
-    # What is still kept replays.
-    first = int(info.metadata["first_seq"])
-    assert await resume(chat.org_a, events[0].run, first - 1) == events[first - 1 :]
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        status = rich_status(refused.value)
+        assert reason_of(status) == "RUN_EVENTS_EXPIRED"
+        info = unpack_detail(status, error_details_pb2.ErrorInfo)
+        assert info is not None and int(info.metadata["first_seq"]) > 1
+        # What is still kept replays.
+        first = int(info.metadata["first_seq"])
+        assert await resume(chat.org_a, events[0].run, first - 1) == events[first - 1 :]
 
 
 async def test_a_retried_stream_with_the_same_request_id_attaches_to_the_first_run(
