@@ -60,6 +60,8 @@ def server_options(*, reuse_port: bool) -> list[tuple[str, int]]:
 
 
 OVERALL_HEALTH = ""
+# How much sooner than calls in flight the runs in progress are stopped at shutdown.
+RUN_ENDING_MARGIN_SECONDS = 1.0
 
 
 @dataclass
@@ -87,8 +89,8 @@ class RunningServer:
     ) -> None:
         """Report NOT_SERVING, wait for endpoints to be withdrawn, then stop within ``grace``.
 
-        Runs in progress get the same grace as calls in flight, at the same
-        time: a stream following a run ends when the run does.
+        Runs in progress get the same grace as calls in flight, less a second
+        to deliver the endings of the runs it interrupts.
         """
         await self.health.enter_graceful_shutdown()
         if drain_delay > 0:
@@ -96,7 +98,10 @@ class RunningServer:
         if drain_runs is None:
             await self.server.stop(grace)
             return
-        await asyncio.gather(self.server.stop(grace), drain_runs(grace))
+        # Runs stop a moment before the calls do, so that a stream following an
+        # interrupted run still carries its ending to the client.
+        run_grace = max(0.0, grace - RUN_ENDING_MARGIN_SECONDS)
+        await asyncio.gather(self.server.stop(grace), drain_runs(run_grace))
 
 
 def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:

@@ -562,10 +562,12 @@ class MessageService:
             raise
 
     async def _wait_for_end(self, caller: Caller, run_id: str, wait_seconds: float) -> None:
-        """Follow the run's log to its last event, for at most ``wait_seconds``."""
+        """Follow the run's log from its newest event to its last, for at most ``wait_seconds``."""
+        bounds = await self._executor().log.bounds(run_id)
+        after = bounds.last if bounds is not None else 0
         with contextlib.suppress(TimeoutError, FailedPreconditionError):
             async with asyncio.timeout(wait_seconds):
-                async for _ in self.follow(caller, run_id, 0, idle_seconds=1.0):
+                async for _ in self.follow(caller, run_id, after, idle_seconds=1.0):
                     pass
 
     async def _turn(
@@ -727,9 +729,10 @@ class MessageService:
             return _RunStart(run_id, context, opened, None, [_chat_message(r) for r in rows])
 
         start = await self.database.run_transaction(work, caller.organization_id)
-        if self.executor is not None:
-            for lost_run in lost:  # closed as lost above; their followers need an ending
-                await self.executor.close_log(caller.organization_id, lost_run, "owner_lost")
+        if self.executor is not None and lost:
+            # Closed as lost above; their followers need an ending, written in the
+            # background so nothing can fail between this commit and the launch.
+            self.executor.close_logs_soon(caller.organization_id, lost, OWNER_LOST.stop_reason)
         context = start.context
         self._buffers.store(
             (caller.organization_id, agent_id),
@@ -771,6 +774,12 @@ class MessageService:
                     if isinstance(event, StepStarted):
                         # The previous step is stored; the next waits for the model.
                         control.interruptible = True
+                        if control.cancel_requested:
+                            # Asked while the previous step was being stored (the loop
+                            # had already passed its check): stop before the model call,
+                            # as an interruption would.
+                            control.stop_cause = control.stop_cause or CANCELLED_BY_CLIENT
+                            raise asyncio.CancelledError
                     yield RunEvent(run_id, event)
         except SystemPromptTooLargeError as error:
             await recorder.abort(FAILED, STOP_SYSTEM_PROMPT_TOO_LARGE, str(error))
@@ -1227,6 +1236,21 @@ async def _refuse_pending_calls(session: AsyncSession, run: Run) -> bool:
     """
     if run.stop_reason != STOP_REQUIRES_APPROVAL or run.status == CANCELLED:
         return False
+    # The agent's lock first: a turn answering the approval (or a new message)
+    # holds it while it starts, and once it has started this run is no longer
+    # the agent's latest.
+    await load(session, Agent, run.agent_id, "agent", lock=True)
+    later = await session.scalar(
+        select(Run.id)
+        .where(
+            Run.agent_id == run.agent_id,
+            Run.id != run.id,
+            or_(Run.status == RUNNING, Run.created_at >= run.created_at),
+        )
+        .limit(1)
+    )
+    if later is not None:
+        return False
     rows = (
         await session.scalars(
             select(Message)
@@ -1255,7 +1279,6 @@ async def _refuse_pending_calls(session: AsyncSession, run: Run) -> bool:
     ]
     if not refusals:
         return False
-    await load(session, Agent, run.agent_id, "agent", lock=True)
     last = await _last_sequence(session, run.agent_id)
     await _add_messages(session, run.agent_id, run.id, None, refusals, after=last, notices=False)
     now = utc_now()
@@ -1883,7 +1906,7 @@ class _TurnRecorder:
 
         async def work(session: AsyncSession) -> None:
             now = utc_now()
-            run = await load(session, Run, self.run_id, "run")
+            run = await load(session, Run, self.run_id, "run", lock=True)
             if run.status != RUNNING:
                 return  # ended elsewhere already (lost lease): that ending stands
             if step is not None:

@@ -78,6 +78,9 @@ CANCELLED_BY_CLIENT = StopCause(CANCELLED, "cancelled")
 INTERRUPTED = StopCause(
     FAILED, "interrupted", "the server shut down before the run could finish; send it again"
 )
+LOG_FAILED = StopCause(
+    FAILED, "error", "the run's event log could not be written (its store failed); send it again"
+)
 OWNER_LOST = StopCause(
     FAILED,
     "owner_lost",
@@ -134,6 +137,8 @@ class RunExecutor:
         self._runs: dict[str, _Execution] = {}
         self._accepting = True
         self._chores: list[asyncio.Task[None]] = []
+        # Background closings of lost runs' logs (kept referenced until done).
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def log(self) -> RunEventLog:
@@ -242,8 +247,15 @@ class RunExecutor:
             try:
                 async with contextlib.aclosing(events):
                     async for item in events:
-                        for record in numbering.records(item.event):
-                            writer.add(logged(record, self.encode))
+                        try:
+                            for record in numbering.records(item.event):
+                                writer.add(logged(record, self.encode))
+                        except Exception:
+                            # The log failed for good (retries spent): the turn
+                            # cannot be followed, so it ends as failed, not as
+                            # a client's cancellation, when the generator closes.
+                            control.stop_cause = control.stop_cause or LOG_FAILED
+                            raise
             except asyncio.CancelledError:
                 # Stopped by us; the turn recorded its end on the way out.
                 cause = control.stop_cause or INTERRUPTED
@@ -355,6 +367,26 @@ class RunExecutor:
             logger.warning("run %s lost its server; ended it as failed (owner_lost)", run_id)
             await self.close_log(organization_id, run_id, OWNER_LOST.stop_reason)
         return [run_id for run_id, _ in lost]
+
+    def close_logs_soon(
+        self, organization_id: str, run_ids: Sequence[str], stop_reason: str
+    ) -> None:
+        """:meth:`close_log` for each run, in the background (a turn's start must not wait
+        on it, nor fail between committing its run and launching it)."""
+        for run_id in run_ids:
+            task = asyncio.create_task(
+                self._close_log_quietly(organization_id, run_id, stop_reason),
+                name=f"close log of {run_id}",
+            )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_log_quietly(self, organization_id: str, run_id: str, stop_reason: str) -> None:
+        try:
+            await self.close_log(organization_id, run_id, stop_reason)
+        except Exception:
+            # Its followers still end: they close the log themselves when idle.
+            logger.warning("could not close the event log of run %s", run_id, exc_info=True)
 
     async def close_log(self, organization_id: str, run_id: str, stop_reason: str) -> None:
         """Append a run's ending (stop reason, usage) after whatever its log already holds."""

@@ -13,16 +13,20 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 
-from engram.adapters.event_log.base import LoggedEvent
+from engram.adapters.event_log import writer as writer_module
+from engram.adapters.event_log.base import EventLogUnavailableError, LoggedEvent
 from engram.adapters.event_log.factory import EventLogBackend, open_event_log
 from engram.config.settings import Settings
 from engram.rpc.errors import reason_of, unpack_detail
+from engram.services import messages as messages_module
+from engram.services.runtime.turn import StepStarted
 from engram.store.database import Database
 from engram.store.models import Run
 from engram.store.types import utc_now
@@ -577,3 +581,161 @@ async def test_a_retry_after_the_events_expired_returns_the_stored_run(
         with pytest.raises(grpc.aio.AioRpcError) as expired:
             await resume(chat.org_a, first.run.name, 0)
         assert reason_of(rich_status(expired.value)) == "RUN_EVENTS_EXPIRED"
+
+
+# --- races and failures found in review -------------------------------------------------
+
+
+async def _ended(client: Client, run: str) -> run_pb2.Run:
+    for _ in range(400):
+        found = await get_run(client, run)
+        if found.status != run_pb2.RUN_STATUS_RUNNING:
+            return found
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{run} never ended")
+
+
+async def test_a_blip_of_the_event_log_is_retried_and_the_run_completes(
+    chat: ApiHarness, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Hello."))
+    log = chat.services.runs.log
+    real_append = log.append
+    failures = [EventLogUnavailableError("a blip")]
+
+    async def flaky(run_id: str, events: Sequence[LoggedEvent]) -> None:
+        if failures:
+            raise failures.pop()
+        await real_append(run_id, events)
+
+    monkeypatch.setattr(log, "append", flaky)
+
+    events = await stream(chat.org_a, agent, "Hi")
+
+    assert kinds(events) == ["assistant_message", "stop_reason", "usage"]
+    assert (await get_run(chat.org_a, events[0].run)).status == run_pb2.RUN_STATUS_COMPLETED
+
+
+async def test_a_log_that_stays_down_fails_the_run_rather_than_cancelling_it(
+    chat: ApiHarness, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await new_agent(chat.org_a)
+    # Two steps: the log has failed for good by the time the second answer comes.
+    fake_provider.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "tea"}, id="c1")]),
+        Reply(text="Too late to be followed.", delay=0.5),
+    )
+    monkeypatch.setattr(writer_module, "APPEND_RETRY_DELAYS", (0.01,))
+
+    async def down(run_id: str, events: Sequence[LoggedEvent]) -> None:
+        raise EventLogUnavailableError("down")
+
+    monkeypatch.setattr(chat.services.runs.log, "append", down)
+    started = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi", background=True)
+    )
+
+    run = await _ended(chat.org_a, started.run.name)
+
+    assert (run.status, run.stop_reason) == (run_pb2.RUN_STATUS_FAILED, run_pb2.STOP_REASON_ERROR)
+    assert not run.HasField("cancel_time") and "event log" in run.error
+
+
+async def test_a_cancel_while_a_step_is_stored_stops_before_the_next_model_call(
+    chat: ApiHarness, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "tea"}, id="c1")]),
+        Reply(text="Never asked for."),
+    )
+    executor = chat.services.runs
+    real_observe = messages_module._TurnRecorder.observe
+
+    async def observe(recorder: Any, event: Any) -> None:
+        await real_observe(recorder, event)
+        if isinstance(event, StepStarted) and event.step == 2:
+            # Asked while step 1 was being stored, after the loop's own check.
+            executor.cancel_local(recorder.run_id)
+
+    monkeypatch.setattr(messages_module._TurnRecorder, "observe", observe)
+
+    events = await asyncio.wait_for(stream(chat.org_a, agent, "Any tea?"), 20)
+
+    assert kinds(events) == ["tool_call", "tool_return", "stop_reason", "usage"]
+    assert events[2].stop_reason.stop_reason == run_pb2.STOP_REASON_CANCELLED
+    assert len(fake_provider.requests) == 1
+
+
+async def test_closing_a_lost_runs_log_never_fails_the_turn_that_found_it(
+    chat: ApiHarness, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await new_agent(chat.org_a)
+    agent_id = agent.removeprefix("agents/")
+    executor = chat.services.runs
+
+    async def orphan(session: Any) -> str:
+        run = Run(
+            agent_id=agent_id,
+            status="running",
+            metadata_={},
+            lease_owner="elsewhere",
+            lease_expires_at=utc_now() - timedelta(seconds=1),
+        )
+        session.add(run)
+        await session.flush()
+        return str(run.id)
+
+    lost = await chat.database.run_transaction(orphan, chat.org_a.caller.organization_id)
+
+    async def broken(*args: object) -> None:
+        raise EventLogUnavailableError("down for a moment")
+
+    monkeypatch.setattr(executor, "close_log", broken)
+    fake_provider.script(Reply(text="Hello."))
+
+    events = await stream(chat.org_a, agent, "Hi")
+
+    assert kinds(events) == ["assistant_message", "stop_reason", "usage"]
+    assert (await get_run(chat.org_a, f"runs/{lost}")).stop_reason == (
+        run_pb2.STOP_REASON_OWNER_LOST
+    )
+
+
+async def test_a_paused_run_being_answered_can_no_longer_be_cancelled(
+    chat: ApiHarness, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await new_agent(
+        chat.org_a, [{"requires_approval": {"tool_name": "conversation_search"}}]
+    )
+    fake_provider.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")])
+    )
+    paused = await stream(chat.org_a, agent, "Search for cats")
+    real_checkpoint = messages_module._TurnRecorder._checkpoint
+
+    async def slow_checkpoint(recorder: Any, stop: Any) -> None:
+        await asyncio.sleep(0.5)  # the approved call's result is not stored yet
+        await real_checkpoint(recorder, stop)
+
+    monkeypatch.setattr(messages_module._TurnRecorder, "_checkpoint", slow_checkpoint)
+    fake_provider.script(Reply(text="Nothing about cats."))
+    answering = asyncio.create_task(
+        _collect(
+            chat.org_a.messages.SubmitApproval(
+                message_service_pb2.SubmitApprovalRequest(agent=agent, call_id="p1", approve=True)
+            )
+        )
+    )
+    await _wait_for_running(chat.org_a, agent)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await chat.org_a.runs.CancelRun(
+            message_service_pb2.CancelRunRequest(name=paused[0].run), timeout=10
+        )
+
+    assert reason_of(rich_status(refused.value)) == "RUN_ALREADY_ENDED"
+    events = await asyncio.wait_for(answering, 20)
+    assert kinds(events) == ["tool_return", "assistant_message", "stop_reason", "usage"]
+    assert (await get_run(chat.org_a, events[0].run)).status == run_pb2.RUN_STATUS_COMPLETED

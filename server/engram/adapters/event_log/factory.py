@@ -38,7 +38,8 @@ class EventLogBackend:
             await self.log.close()
         finally:
             for client in self._clients:
-                await client.aclose()
+                # A client built on a pool it was handed leaves that pool open by default.
+                await client.aclose(close_connection_pool=True)
 
 
 # Connections for appends, bounds and signals: short commands that queue for a
@@ -94,8 +95,8 @@ async def open_event_log(
         signals = RedisRunSignals(commands, command_timeout=connect_timeout)
         await signals.start()
     except BaseException:
-        await commands.aclose()
-        await followers.aclose()
+        await commands.aclose(close_connection_pool=True)
+        await followers.aclose(close_connection_pool=True)
         raise
     return EventLogBackend(log=log, signals=signals, kind="redis", _clients=(commands, followers))
 

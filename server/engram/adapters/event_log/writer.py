@@ -13,7 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from engram.adapters.event_log.base import LoggedEvent, RunEventLog
+from engram.adapters.event_log.base import EventLogUnavailableError, LoggedEvent, RunEventLog
+
+# Pauses between attempts of an append the store failed (about 3.5 s in all),
+# after which the error stands and the writer stops.
+APPEND_RETRY_DELAYS = (0.1, 0.4, 1.0, 2.0)
 
 
 class EventWriterClosedError(RuntimeError):
@@ -129,7 +133,7 @@ class RunEventWriter:
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
-                    await self._log.append(self._run_id, batch)
+                    await self._append_retrying(batch)
                 except Exception as error:
                     self._error = error
                     self._queued.clear()
@@ -139,6 +143,21 @@ class RunEventWriter:
         finally:
             self._task = None
             self._wake_flushers()
+
+    async def _append_retrying(self, batch: list[LoggedEvent]) -> None:
+        """Append ``batch``, retrying a store that failed (a blip must not end a run).
+
+        Safe to repeat: an append that landed before its answer was lost is
+        stored again as a no-op.  A conflict is never retried: another server
+        owns the run's log now.
+        """
+        for delay in APPEND_RETRY_DELAYS:
+            try:
+                await self._log.append(self._run_id, batch)
+                return
+            except EventLogUnavailableError:
+                await asyncio.sleep(delay)
+        await self._log.append(self._run_id, batch)
 
     def _wake_flushers(self) -> None:
         progress, self._progress = self._progress, asyncio.Event()
