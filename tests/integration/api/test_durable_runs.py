@@ -438,23 +438,10 @@ async def test_a_run_whose_server_died_is_ended_and_its_stream_closed(
     fake_provider.script(Reply(text="Hello."))
     events = await stream(chat.org_a, agent, "Hi")
     agent_id = agent.removeprefix("agents/")
-    organization_id = chat.org_a.caller.organization_id
     executor = chat.services.runs
 
-    # A run another server started, wrote two events for, and died running.
-    async def orphan(session: object) -> str:
-        run = Run(
-            agent_id=agent_id,
-            status="running",
-            metadata_={},
-            lease_owner="elsewhere",
-            lease_expires_at=utc_now() - timedelta(seconds=1),
-        )
-        session.add(run)  # type: ignore[attr-defined]
-        await session.flush()  # type: ignore[attr-defined]
-        return str(run.id)
-
-    run_id = await chat.database.run_transaction(orphan, organization_id)
+    # A run another server started, wrote an event for, and died running.
+    run_id = await orphan_run(chat, agent_id)
     written = [event for event in events[:1]]
     await executor.log.append(
         run_id,
@@ -503,6 +490,24 @@ async def test_another_organization_cannot_follow_or_cancel_a_run(
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     events = await resume(chat.org_a, run_name, 0)
     assert kinds(events) == ["assistant_message", "stop_reason", "usage"]
+
+
+async def orphan_run(chat: ApiHarness, agent_id: str) -> str:
+    """A running run of ``agent_id`` whose server died: another owner, its lease lapsed."""
+
+    async def insert(session: Any) -> str:
+        run = Run(
+            agent_id=agent_id,
+            status="running",
+            metadata_={},
+            lease_owner="elsewhere",
+            lease_expires_at=utc_now() - timedelta(seconds=1),
+        )
+        session.add(run)
+        await session.flush()
+        return str(run.id)
+
+    return await chat.database.run_transaction(insert, chat.org_a.caller.organization_id)
 
 
 async def _collect(call: AsyncIterator[TurnEvent]) -> list[TurnEvent]:
@@ -675,19 +680,7 @@ async def test_closing_a_lost_runs_log_never_fails_the_turn_that_found_it(
     agent_id = agent.removeprefix("agents/")
     executor = chat.services.runs
 
-    async def orphan(session: Any) -> str:
-        run = Run(
-            agent_id=agent_id,
-            status="running",
-            metadata_={},
-            lease_owner="elsewhere",
-            lease_expires_at=utc_now() - timedelta(seconds=1),
-        )
-        session.add(run)
-        await session.flush()
-        return str(run.id)
-
-    lost = await chat.database.run_transaction(orphan, chat.org_a.caller.organization_id)
+    lost = await orphan_run(chat, agent_id)
 
     async def broken(*args: object) -> None:
         raise EventLogUnavailableError("down for a moment")
