@@ -339,8 +339,11 @@ class SourceService:
         file_id = await create_once(
             self.database, caller.organization_id, "UploadFile", header.request_id, create
         )
+        # Read before submitting: once the ingestion task runs, the row can already say
+        # PROCESSING, and the answer to an upload should be the file as it was stored.
+        file = await self.get_file(caller, header.source_id, file_id)
         self.runner.submit(file_id, caller.organization_id)
-        return await self.get_file(caller, header.source_id, file_id)
+        return file
 
     async def get_file(
         self, caller: Caller, source_id: str, file_id: str, *, with_text: bool = False
