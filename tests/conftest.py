@@ -13,7 +13,7 @@ import asyncio
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from engram.adapters.tokens.offline import CACHE_VARIABLE, seed_cache
 from engram.config.database_choice import choose_database
+from engram.config.event_loop import loop_factory, resolve_event_loop
 from engram.config.settings import Settings
 from engram.store.database import Database
 from engram.store.engine import create_engine
@@ -31,6 +32,14 @@ from support.postgres import EmbeddedPostgres, fresh_postgres_database, start_em
 from support.redis import RedisServer, find_or_start_redis
 
 ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on the loop ``engram serve`` picks by default (uvloop here)."""
+    name = resolve_event_loop("auto")
+    return {name: loop_factory(name)}
 
 
 @pytest.fixture(autouse=True)

@@ -112,10 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": _keys,
     }
     from engram.config.database_choice import ConfigurationError
+    from engram.config.event_loop import resolve_event_loop, run_on_loop
     from engram.store.diagnostics import StartupError
 
     try:
-        return asyncio.run(handlers[args.command](args))
+        loop = resolve_event_loop(settings.event_loop)
+        return run_on_loop(loop, handlers[args.command](args))
     except (ConfigurationError, StartupError) as error:
         print(f"engram: {error}", file=sys.stderr)
         return EXIT_CANNOT_RUN
@@ -175,6 +177,7 @@ async def _serve(args: argparse.Namespace) -> int:
             await storage.close()
             raise
         logger.info("run events kept in %s", run_events.kind)
+        logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
         services = Services.build(
             storage.database,
             authenticator,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# ENGRAM_EVENT_LOOP: see engram.config.event_loop.
+EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
 
 DEFAULT_HOME = Path("~/.engram")
 DEFAULT_SQLITE_FILENAME = "engram.db"
@@ -163,6 +166,11 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=env("SHUTDOWN_GRACE_SECONDS", legacy=False),
         description="How long in-flight calls may run after the listener closes.",
+    )
+    event_loop: EventLoopChoice = Field(
+        "auto",
+        validation_alias=env("EVENT_LOOP", legacy=False),
+        description="The event loop: uvloop when installed (auto), uvloop, or asyncio's own.",
     )
 
     # --- Embeddings ----------------------------------------------------------------------
