@@ -100,9 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not settings.debug:
-        # Startup chatter that says nothing an operator needs: Alembic's plugin
-        # registration and the pool's own dispose/recreate notices.
-        for noisy in ("alembic.runtime.plugins", "engram.store.pool"):
+        # Chatter that says nothing an operator needs: Alembic's plugin
+        # registration, the pool's own dispose/recreate notices, and a line per
+        # HTTP request to an LLM provider from the SDKs' HTTP client (httpx, or httpx2).
+        for noisy in ("alembic.runtime.plugins", "engram.store.pool", "httpx", "httpx2"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
         "serve": _serve,

@@ -237,6 +237,17 @@ async def test_a_dropped_stream_resumes_on_the_other_replica(cluster: Cluster) -
         assert [e.SerializeToString() for e in replayed] == [e.SerializeToString() for e in events]
 
 
+async def test_a_replica_logs_its_event_loop_but_not_each_provider_request(
+    cluster: Cluster,
+) -> None:
+    agent = await cluster.on_a.new_agent()
+    cluster.provider.script(Reply(text="Hello."))
+    assert_complete(await read(stream_message(cluster.on_a, agent)), run_pb2.STOP_REASON_END_TURN)
+    log = cluster.a.log_path.read_text(errors="replace")
+    assert "event loop: uvloop" in log  # ENGRAM_EVENT_LOOP=auto, uvloop installed
+    assert "HTTP Request:" not in log  # the SDKs' HTTP client stays quiet below WARNING
+
+
 async def test_cancel_run_through_the_other_replica(cluster: Cluster) -> None:
     agent = await cluster.on_a.new_agent()
     cluster.provider.script(slow_reply(200, 0.1))
