@@ -342,16 +342,28 @@ class RunExecutor:
                 self._interrupt(execution, OWNER_LOST)
 
     async def close_lost_runs(self) -> list[str]:
-        """End every running run whose lease lapsed (its process died) and close its log."""
+        """End every running run whose lease lapsed (its process died) and close its log.
+
+        A run whose row another transaction holds (a zombie owner's checkpoint,
+        another server's sweep) is skipped, not waited for: the next sweep gets
+        it.  So sweeps of several servers never wait on each other, and cannot
+        deadlock by locking the same runs in different orders (PostgreSQL;
+        SQLite runs one writer at a time anyway).
+        """
         now = utc_now()
+        lapsed = (
+            select(Run.id)
+            .where(
+                Run.status == RUNNING,
+                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+            )
+            .with_for_update(skip_locked=True)
+        )
         async with self.database.transaction(None, all_organizations=True) as session:
             lost = (
                 await session.execute(
                     update(Run)
-                    .where(
-                        Run.status == RUNNING,
-                        or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
-                    )
+                    .where(Run.id.in_(lapsed.scalar_subquery()), Run.status == RUNNING)
                     .values(
                         status=OWNER_LOST.status,
                         stop_reason=OWNER_LOST.stop_reason,

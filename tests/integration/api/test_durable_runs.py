@@ -469,6 +469,25 @@ async def test_a_run_whose_server_died_is_ended_and_its_stream_closed(
     assert await executor.close_lost_runs() == []
 
 
+async def test_a_sweep_skips_a_lost_run_another_transaction_holds(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> None:
+    """Sweeps never wait on a locked run (so several servers' sweeps cannot deadlock)."""
+    if not chat.database.choice.is_postgresql:
+        pytest.skip("SQLite runs one writer at a time: nothing to skip")
+    agent = await new_agent(chat.org_a)
+    run_id = await orphan_run(chat, agent.removeprefix("agents/"))
+    executor = chat.services.runs
+    async with chat.database.engine.connect() as holder:
+        transaction = await holder.begin()
+        await holder.exec_driver_sql("SELECT id FROM runs WHERE id = $1 FOR UPDATE", (run_id,))
+        assert await asyncio.wait_for(executor.close_lost_runs(), 5) == []
+        await transaction.rollback()
+    assert await executor.close_lost_runs() == [run_id]
+    run = await get_run(chat.org_a, f"runs/{run_id}")
+    assert run.stop_reason == run_pb2.STOP_REASON_OWNER_LOST
+
+
 async def test_another_organization_cannot_follow_or_cancel_a_run(
     chat: ApiHarness, fake_provider: FakeProvider
 ) -> None:
