@@ -122,6 +122,7 @@ from engram.services.runtime.turn import (
 )
 from engram.store.agent_reads import AgentReader, AgentRecord, agent_by_id, record_of
 from engram.store.agent_state import AgentState, StoredTool, read_agent_state
+from engram.store.clock import database_time
 from engram.store.database import Database
 from engram.store.errors import NotFoundError, OrganizationScopeError, UniqueViolationError
 from engram.store.ids import IdPrefix, new_id
@@ -1164,14 +1165,18 @@ async def _refuse_if_running(session: AsyncSession, agent_id: str) -> list[str]:
     at all: a run left by a server older than leases).
     """
     now = utc_now()
+    # Judged on the database's clock, like the leases' sweeps (engram.store.clock).
+    leased = Run.lease_expires_at > database_time(session.get_bind().dialect.name)
     running = (
-        await session.scalars(
-            select(Run).where(Run.agent_id == agent_id, Run.status == RUNNING).with_for_update()
+        await session.execute(
+            select(Run, leased)
+            .where(Run.agent_id == agent_id, Run.status == RUNNING)
+            .with_for_update()
         )
     ).all()
     lost = []
-    for run in running:
-        if run.lease_expires_at is not None and run.lease_expires_at > now:
+    for run, alive in running:
+        if alive:  # NULL (no lease at all) is not alive
             raise _busy(agent_id)
         _close_run(run, OWNER_LOST.status, OWNER_LOST.stop_reason, OWNER_LOST.error, now)
         lost.append(run.id)

@@ -50,6 +50,7 @@ from engram.services.run_events import (
     RunUsage,
     logged,
 )
+from engram.store.clock import clock_offset, database_time
 from engram.store.database import Database
 from engram.store.models import Run, Step
 from engram.store.types import utc_now
@@ -63,6 +64,8 @@ CANCELLED = "cancelled"
 # How often a closing sweep retries when an owner that was thought dead is
 # still appending (each retry appends after the newest event it finds).
 CLOSE_ATTEMPTS = 3
+# A clock this far off the database's is worth a warning (leases are safe either way).
+CLOCK_WARNING = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,9 @@ class RunExecutor:
         self.encode = encode
         self.lease = timedelta(seconds=lease_seconds)
         self.owner = process_identity()
+        # The database's clock minus this process's, measured at every renewal:
+        # leases are written and judged on the database's clock (engram.store.clock).
+        self.clock_offset = timedelta(0)
         self._runs: dict[str, _Execution] = {}
         self._accepting = True
         self._chores: list[asyncio.Task[None]] = []
@@ -143,6 +149,10 @@ class RunExecutor:
     @property
     def log(self) -> RunEventLog:
         return self.events.log
+
+    @property
+    def _dialect(self) -> str:
+        return self.database.engine.dialect.name
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -189,8 +199,14 @@ class RunExecutor:
             raise ShuttingDownError("the server is shutting down and starts no new run; retry")
 
     def lease_columns(self) -> dict[str, Any]:
-        """The columns that make a new run this process's, for one lease period."""
-        return {"lease_owner": self.owner, "lease_expires_at": utc_now() + self.lease}
+        """The columns that make a new run this process's, for one lease period.
+
+        Values, not expressions (a run is inserted in bulk with its messages'
+        statement shape), so the expiry is this process's time corrected to
+        the database's clock.
+        """
+        expires = utc_now() + self.clock_offset + self.lease
+        return {"lease_owner": self.owner, "lease_expires_at": expires}
 
     def launch(
         self,
@@ -295,15 +311,29 @@ class RunExecutor:
 
     async def _maintain_forever(self) -> None:
         interval = self.lease.total_seconds() / 3
+        with contextlib.suppress(Exception):
+            await self.sync_clock()  # before this process writes its first lease
         while True:
             await asyncio.sleep(interval)
             try:
+                await self.sync_clock()
                 await self.renew_leases()
                 await self.close_lost_runs()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("renewing run leases failed; trying again in %.1fs", interval)
+
+    async def sync_clock(self) -> None:
+        """Measure this process's clock against the database's (see :attr:`clock_offset`)."""
+        async with self.database.transaction(None, all_organizations=True) as session:
+            offset = await clock_offset(session)
+        if abs(offset) > CLOCK_WARNING and abs(offset - self.clock_offset) > CLOCK_WARNING:
+            logger.warning(
+                "this server's clock is %.1f s off the database's; run leases use the database's",
+                -offset.total_seconds(),
+            )
+        self.clock_offset = offset
 
     async def renew_leases(self) -> None:
         """Extend the lease of every run here, and act on cancellations asked for elsewhere."""
@@ -315,7 +345,7 @@ class RunExecutor:
                 await session.execute(
                     update(Run)
                     .where(Run.id.in_(ids), Run.lease_owner == self.owner, Run.status == RUNNING)
-                    .values(lease_expires_at=utc_now() + self.lease)
+                    .values(lease_expires_at=database_time(self._dialect, after=self.lease))
                     .returning(Run.id, Run.cancel_requested_at)
                     .execution_options(synchronize_session=False)
                 )
@@ -355,7 +385,10 @@ class RunExecutor:
             select(Run.id)
             .where(
                 Run.status == RUNNING,
-                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+                or_(
+                    Run.lease_expires_at.is_(None),
+                    Run.lease_expires_at < database_time(self._dialect),
+                ),
             )
             .with_for_update(skip_locked=True)
         )

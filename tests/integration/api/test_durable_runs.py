@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -26,7 +26,9 @@ from engram.adapters.event_log.factory import EventLogBackend, open_event_log
 from engram.config.settings import Settings
 from engram.rpc.errors import reason_of, unpack_detail
 from engram.services import messages as messages_module
+from engram.services import run_executor as run_executor_module
 from engram.services.runtime.turn import StepStarted
+from engram.store import clock as clock_module
 from engram.store.database import Database
 from engram.store.models import Run
 from engram.store.types import utc_now
@@ -488,6 +490,41 @@ async def test_a_sweep_skips_a_lost_run_another_transaction_holds(
     assert run.stop_reason == run_pb2.STOP_REASON_OWNER_LOST
 
 
+def _clock_ahead(monkeypatch: pytest.MonkeyPatch, ahead: timedelta) -> None:
+    """This server's clock runs ``ahead`` of the database's (and of every other server's)."""
+
+    def skewed() -> datetime:
+        return utc_now() + ahead
+
+    for module in (run_executor_module, clock_module, messages_module):
+        monkeypatch.setattr(module, "utc_now", skewed)
+
+
+async def test_a_server_whose_clock_runs_ahead_leaves_live_runs_alone(
+    chat: ApiHarness, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases are judged on the database's clock, not on each replica's own."""
+    if not chat.database.choice.is_postgresql:
+        pytest.skip("SQLite serves one machine: its writers share one clock")
+    agent = await new_agent(chat.org_a)
+    run_id = await orphan_run(chat, agent.removeprefix("agents/"), lease=timedelta(seconds=30))
+    _clock_ahead(monkeypatch, timedelta(hours=1))
+    executor = chat.services.runs
+
+    assert await executor.close_lost_runs() == []  # by its own clock the lease lapsed an hour ago
+    with pytest.raises(grpc.aio.AioRpcError) as busy:
+        await stream(chat.org_a, agent, "Hi")
+    failure = unpack_detail(rich_status(busy.value), error_details_pb2.PreconditionFailure)
+    assert failure is not None and [v.type for v in failure.violations] == ["AGENT_BUSY"]
+
+    await executor.sync_clock()
+    assert abs(executor.clock_offset + timedelta(hours=1)) < timedelta(seconds=2)
+    expires = executor.lease_columns()["lease_expires_at"]
+    assert abs(expires - (utc_now() + executor.lease)) < timedelta(seconds=2)
+    run = await get_run(chat.org_a, f"runs/{run_id}")
+    assert run.status == run_pb2.RUN_STATUS_RUNNING
+
+
 async def test_another_organization_cannot_follow_or_cancel_a_run(
     chat: ApiHarness, fake_provider: FakeProvider
 ) -> None:
@@ -511,8 +548,11 @@ async def test_another_organization_cannot_follow_or_cancel_a_run(
     assert kinds(events) == ["assistant_message", "stop_reason", "usage"]
 
 
-async def orphan_run(chat: ApiHarness, agent_id: str) -> str:
-    """A running run of ``agent_id`` whose server died: another owner, its lease lapsed."""
+async def orphan_run(
+    chat: ApiHarness, agent_id: str, *, lease: timedelta = timedelta(seconds=-1)
+) -> str:
+    """A running run of ``agent_id`` owned by another server, its lease ending ``lease`` from
+    now (by default lapsed: its server died)."""
 
     async def insert(session: Any) -> str:
         run = Run(
@@ -520,7 +560,7 @@ async def orphan_run(chat: ApiHarness, agent_id: str) -> str:
             status="running",
             metadata_={},
             lease_owner="elsewhere",
-            lease_expires_at=utc_now() - timedelta(seconds=1),
+            lease_expires_at=utc_now() + lease,
         )
         session.add(run)
         await session.flush()

@@ -25,7 +25,9 @@ from sqlalchemy import func, select, update
 from engram.adapters.embeddings.registry import EmbeddingRegistry
 from engram.config.settings import Settings
 from engram.rpc.errors import reason_of, unpack_detail
+from engram.services.ingestion import runner as runner_module
 from engram.services.sources import SourceService
+from engram.store import clock as clock_module
 from engram.store.database import Database
 from engram.store.models import Archive, Passage, Source, SourceFile
 from engram.store.passage_search import NearestQuery, VectorIndexes, nearest_passages
@@ -498,6 +500,36 @@ async def test_unfinished_files_are_resumed_by_another_server(api: ApiHarness) -
         assert attempts == 2
     finally:
         await other.close()
+
+
+async def test_a_server_whose_clock_runs_ahead_takes_no_file_another_holds(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File leases are judged on the database's clock, not on each server's own."""
+    if not api.database.choice.is_postgresql:
+        pytest.skip("SQLite serves one machine: its writers share one clock")
+    source = await create_source(api.org_a)
+    organization = api.org_a.caller.organization_id
+    async with api.services.sources.runner.held():
+        file = await upload(api.org_a, source, "held.txt", b"Being ingested elsewhere.")
+
+        async def held_elsewhere(session: Any) -> None:
+            await session.execute(
+                update(SourceFile)
+                .where(SourceFile.id == file.id)
+                .values(status="embedding", lease_expires_at=utc_now() + timedelta(minutes=1))
+            )
+
+        await api.database.run_transaction(held_elsewhere, organization)
+        ahead = utc_now() + timedelta(hours=1)
+        for module in (runner_module, clock_module):
+            monkeypatch.setattr(module, "utc_now", lambda: ahead)
+        other = SourceService(api.database, EmbeddingRegistry({}), VectorIndexes(api.database))
+        try:
+            assert await other.runner.sweep() == 0  # by its own clock the lease lapsed long ago
+            assert not await other.runner._claim(file.id, organization)
+        finally:
+            await other.close()
 
 
 async def test_deleting_files_and_sources_removes_their_passages(api: ApiHarness) -> None:

@@ -37,8 +37,9 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engram.adapters.embeddings.embedder import Vectors
@@ -46,6 +47,7 @@ from engram.adapters.embeddings.registry import EmbeddingRegistry
 from engram.adapters.llm.errors import ProviderError
 from engram.services.ingestion.chunker import Chunk, ChunkingOptions, chunk_text
 from engram.services.ingestion.parsers import ParseError, parse
+from engram.store.clock import database_time
 from engram.store.database import Database
 from engram.store.errors import ForeignKeyViolationError
 from engram.store.models import FileContent, Passage, Source, SourceFile
@@ -178,7 +180,7 @@ class IngestionRunner:
                         SourceFile.status.in_(UNFINISHED),
                         or_(
                             SourceFile.lease_expires_at.is_(None),
-                            SourceFile.lease_expires_at < utc_now(),
+                            SourceFile.lease_expires_at < self._database_time(),
                         ),
                     )
                 )
@@ -186,6 +188,10 @@ class IngestionRunner:
         for file_id, organization_id in rows:
             self.submit(file_id, organization_id)
         return len(rows)
+
+    def _database_time(self, after: timedelta = timedelta(0)) -> ColumnElement[Any]:
+        """Leases are written and judged on the database's clock (engram.store.clock)."""
+        return database_time(self.database.engine.dialect.name, after)
 
     # --- one file --------------------------------------------------------------------
 
@@ -228,11 +234,14 @@ class IngestionRunner:
                 .where(
                     SourceFile.id == file_id,
                     SourceFile.status.in_(UNFINISHED),
-                    or_(SourceFile.lease_expires_at.is_(None), SourceFile.lease_expires_at < now),
+                    or_(
+                        SourceFile.lease_expires_at.is_(None),
+                        SourceFile.lease_expires_at < self._database_time(),
+                    ),
                 )
                 .values(
                     status=FileStatus.PARSING,
-                    lease_expires_at=now + self.options.lease,
+                    lease_expires_at=self._database_time(self.options.lease),
                     attempts=SourceFile.attempts + 1,
                     updated_at=now,
                 )
@@ -260,7 +269,7 @@ class IngestionRunner:
         while True:
             await asyncio.sleep(interval)
             await self._update(
-                file_id, organization_id, lease_expires_at=utc_now() + self.options.lease
+                file_id, organization_id, lease_expires_at=self._database_time(self.options.lease)
             )
 
     async def _update(self, file_id: str, organization_id: str, **values: object) -> None:
@@ -352,7 +361,7 @@ class IngestionRunner:
                 .where(SourceFile.id == file_id)
                 .values(
                     chunks_done=batch[-1].index + 1,
-                    lease_expires_at=utc_now() + self.options.lease,
+                    lease_expires_at=self._database_time(self.options.lease),
                     updated_at=utc_now(),
                 )
                 .returning(SourceFile.id)
