@@ -189,6 +189,7 @@ async def _serve(args: argparse.Namespace) -> int:
             run_events=run_events,
             run_lease_seconds=settings.run_lease_seconds,
         )
+        await services.prepare()
         services.start()
         app.ready(services)
 

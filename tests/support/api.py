@@ -152,6 +152,7 @@ async def running_api(
         run_events=run_events,
         run_lease_seconds=settings.run_lease_seconds,
     )
+    await services.prepare()
     services.start()
     app.ready(services)
     await server.set_serving()

@@ -115,6 +115,11 @@ class Services:
             run_events=run_events,
         )
 
+    async def prepare(self) -> None:
+        """What must be done before the first call: compare this server's clock with the
+        database's, so that the first runs' leases are written on the database's clock."""
+        await self.runs.sync_clock_or_warn()
+
     def start(self) -> None:
         """Start the background work: resuming ingestions a previous server left unfinished,
         and keeping runs' leases (and ending runs whose server died)."""

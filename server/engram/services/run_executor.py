@@ -311,12 +311,11 @@ class RunExecutor:
 
     async def _maintain_forever(self) -> None:
         interval = self.lease.total_seconds() / 3
-        with contextlib.suppress(Exception):
-            await self.sync_clock()  # before this process writes its first lease
         while True:
             await asyncio.sleep(interval)
+            # Separately: a failed measurement must not cost a renewal.
+            await self.sync_clock_or_warn()
             try:
-                await self.sync_clock()
                 await self.renew_leases()
                 await self.close_lost_runs()
             except asyncio.CancelledError:
@@ -324,10 +323,23 @@ class RunExecutor:
             except Exception:
                 logger.exception("renewing run leases failed; trying again in %.1fs", interval)
 
+    async def sync_clock_or_warn(self) -> None:
+        """:meth:`sync_clock`; a failure is logged and the last offset kept."""
+        try:
+            await self.sync_clock()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning(
+                "could not compare this server's clock with the database's", exc_info=True
+            )
+
     async def sync_clock(self) -> None:
         """Measure this process's clock against the database's (see :attr:`clock_offset`)."""
-        async with self.database.transaction(None, all_organizations=True) as session:
-            offset = await clock_offset(session)
+        if self.database.engine.dialect.name != "postgresql":
+            return  # one machine, one clock
+        async with self.database.engine.connect() as connection:
+            offset = await clock_offset(connection)
         if abs(offset) > CLOCK_WARNING and abs(offset - self.clock_offset) > CLOCK_WARNING:
             logger.warning(
                 "this server's clock is %.1f s off the database's; run leases use the database's",

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
+from sqlalchemy import select
 
 from engram.adapters.event_log import writer as writer_module
 from engram.adapters.event_log.base import EventLogUnavailableError, LoggedEvent
@@ -517,12 +518,49 @@ async def test_a_server_whose_clock_runs_ahead_leaves_live_runs_alone(
     failure = unpack_detail(rich_status(busy.value), error_details_pb2.PreconditionFailure)
     assert failure is not None and [v.type for v in failure.violations] == ["AGENT_BUSY"]
 
-    await executor.sync_clock()
-    assert abs(executor.clock_offset + timedelta(hours=1)) < timedelta(seconds=2)
-    expires = executor.lease_columns()["lease_expires_at"]
-    assert abs(expires - (utc_now() + executor.lease)) < timedelta(seconds=2)
     run = await get_run(chat.org_a, f"runs/{run_id}")
     assert run.status == run_pb2.RUN_STATUS_RUNNING
+
+
+async def test_a_server_whose_clock_runs_behind_writes_leases_on_the_database_clock(
+    chat: ApiHarness, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server an hour behind would write leases that lapsed long ago (by everyone else's
+    clock): its new runs' leases and its renewals are on the database's clock instead."""
+    if not chat.database.choice.is_postgresql:
+        pytest.skip("SQLite serves one machine: its writers share one clock")
+    executor = chat.services.runs
+    true_time = utc_now
+    _clock_ahead(monkeypatch, timedelta(hours=-1))
+    await executor.sync_clock()
+    assert abs(executor.clock_offset - timedelta(hours=1)) < timedelta(seconds=2)
+
+    agent = await new_agent(chat.org_a)
+    fake_provider.script(Reply(text="Slow.", delay=30))
+    started = await chat.org_a.messages.SendMessage(
+        message_service_pb2.SendMessageRequest(agent=agent, text="Hi", background=True)
+    )
+    run_id = started.run.name.removeprefix("runs/")
+
+    async def lease_left() -> timedelta:
+        async with chat.database.read(chat.org_a.caller.organization_id) as session:
+            expires = await session.scalar(select(Run.lease_expires_at).where(Run.id == run_id))
+        assert expires is not None
+        return expires - true_time()  # type: ignore[no-any-return]
+
+    around_a_lease = (executor.lease - timedelta(seconds=3), executor.lease + timedelta(seconds=2))
+    assert around_a_lease[0] < await lease_left() < around_a_lease[1]  # as inserted
+    await executor.renew_leases()
+    assert around_a_lease[0] < await lease_left() < around_a_lease[1]  # as renewed
+    assert await executor.close_lost_runs() == []
+    await chat.org_a.runs.CancelRun(message_service_pb2.CancelRunRequest(name=started.run.name))
+
+
+async def test_a_run_without_any_lease_is_taken_for_lost(chat: ApiHarness) -> None:
+    """A run a server older than leases left running is ended like one whose lease lapsed."""
+    agent = await new_agent(chat.org_a)
+    run_id = await orphan_run(chat, agent.removeprefix("agents/"), lease=None)
+    assert await chat.services.runs.close_lost_runs() == [run_id]
 
 
 async def test_another_organization_cannot_follow_or_cancel_a_run(
@@ -549,7 +587,7 @@ async def test_another_organization_cannot_follow_or_cancel_a_run(
 
 
 async def orphan_run(
-    chat: ApiHarness, agent_id: str, *, lease: timedelta = timedelta(seconds=-1)
+    chat: ApiHarness, agent_id: str, *, lease: timedelta | None = timedelta(seconds=-1)
 ) -> str:
     """A running run of ``agent_id`` owned by another server, its lease ending ``lease`` from
     now (by default lapsed: its server died)."""
@@ -560,7 +598,7 @@ async def orphan_run(
             status="running",
             metadata_={},
             lease_owner="elsewhere",
-            lease_expires_at=utc_now() + lease,
+            lease_expires_at=None if lease is None else utc_now() + lease,
         )
         session.add(run)
         await session.flush()

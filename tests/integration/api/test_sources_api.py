@@ -27,7 +27,6 @@ from engram.config.settings import Settings
 from engram.rpc.errors import reason_of, unpack_detail
 from engram.services.ingestion import runner as runner_module
 from engram.services.sources import SourceService
-from engram.store import clock as clock_module
 from engram.store.database import Database
 from engram.store.models import Archive, Passage, Source, SourceFile
 from engram.store.passage_search import NearestQuery, VectorIndexes, nearest_passages
@@ -505,31 +504,39 @@ async def test_unfinished_files_are_resumed_by_another_server(api: ApiHarness) -
 async def test_a_server_whose_clock_runs_ahead_takes_no_file_another_holds(
     api: ApiHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """File leases are judged on the database's clock, not on each server's own."""
+    """File leases are judged and written on the database's clock, not on each server's own."""
     if not api.database.choice.is_postgresql:
         pytest.skip("SQLite serves one machine: its writers share one clock")
     source = await create_source(api.org_a)
     organization = api.org_a.caller.organization_id
     async with api.services.sources.runner.held():
-        file = await upload(api.org_a, source, "held.txt", b"Being ingested elsewhere.")
+        held = await upload(api.org_a, source, "held.txt", b"Being ingested elsewhere.")
+        lapsed = await upload(api.org_a, source, "lapsed.txt", b"Its server died.")
 
-        async def held_elsewhere(session: Any) -> None:
-            await session.execute(
-                update(SourceFile)
-                .where(SourceFile.id == file.id)
-                .values(status="embedding", lease_expires_at=utc_now() + timedelta(minutes=1))
-            )
+        async def leases(session: Any) -> None:
+            for file, ends in ((held, timedelta(minutes=1)), (lapsed, timedelta(minutes=-1))):
+                await session.execute(
+                    update(SourceFile)
+                    .where(SourceFile.id == file.id)
+                    .values(status="embedding", lease_expires_at=utc_now() + ends)
+                )
 
-        await api.database.run_transaction(held_elsewhere, organization)
-        ahead = utc_now() + timedelta(hours=1)
-        for module in (runner_module, clock_module):
-            monkeypatch.setattr(module, "utc_now", lambda: ahead)
+        await api.database.run_transaction(leases, organization)
+        monkeypatch.setattr(runner_module, "utc_now", lambda: utc_now() + timedelta(hours=1))
         other = SourceService(api.database, EmbeddingRegistry({}), VectorIndexes(api.database))
         try:
-            assert await other.runner.sweep() == 0  # by its own clock the lease lapsed long ago
-            assert not await other.runner._claim(file.id, organization)
+            # By its own clock both leases lapsed long ago; by the database's, one did.
+            assert not await other.runner._claim(held.id, organization)
+            assert await other.runner._claim(lapsed.id, organization)
         finally:
             await other.close()
+        async with api.database.read(organization) as session:
+            expires = await session.scalar(
+                select(SourceFile.lease_expires_at).where(SourceFile.id == lapsed.id)
+            )
+        left = expires - utc_now()
+        assert other.runner.options.lease - timedelta(seconds=3) < left  # not an hour more
+        assert left < other.runner.options.lease + timedelta(seconds=2)
 
 
 async def test_deleting_files_and_sources_removes_their_passages(api: ApiHarness) -> None:
