@@ -34,12 +34,16 @@ from support.redis import RedisServer, find_or_start_redis
 ENGINES = ("sqlite", "postgresql")
 
 
+# Read once, before the tests' own environment (which drops ENGRAM_*) applies.
+_TEST_LOOP = resolve_event_loop(os.environ.get("ENGRAM_EVENT_LOOP", "auto"))  # type: ignore[arg-type]
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every async test runs on the loop ``engram serve`` picks by default (uvloop here)."""
-    name = resolve_event_loop("auto")
-    return {name: loop_factory(name)}
+    """Every async test runs on the loop ``engram serve`` would pick: uvloop where installed,
+    or what ``ENGRAM_EVENT_LOOP`` says when the suite is started with it."""
+    return {_TEST_LOOP: loop_factory(_TEST_LOOP)}
 
 
 @pytest.fixture(autouse=True)

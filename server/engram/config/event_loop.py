@@ -13,7 +13,7 @@ while debugging, say).  The test suite runs on the same choice as the server.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
@@ -26,15 +26,18 @@ T = TypeVar("T")
 
 
 def resolve_event_loop(choice: EventLoopChoice) -> EventLoopName:
-    """The loop ``choice`` means on this machine; "uvloop" is refused when it is missing."""
-    available = importlib.util.find_spec("uvloop") is not None
-    if choice == "asyncio" or (choice == "auto" and not available):
+    """The loop ``choice`` means on this machine; "uvloop" is refused when it cannot load."""
+    if choice == "asyncio":
         return "asyncio"
-    if not available:
+    try:
+        importlib.import_module("uvloop")  # installed and loadable (a broken build is not)
+    except ImportError as error:
+        if choice == "auto":
+            return "asyncio"
         raise ConfigurationError(
-            "ENGRAM_EVENT_LOOP=uvloop, but uvloop is not installed here "
-            "(install it, or set ENGRAM_EVENT_LOOP=auto or asyncio)"
-        )
+            f"ENGRAM_EVENT_LOOP=uvloop, but uvloop cannot be loaded here ({error}); "
+            "install it, or set ENGRAM_EVENT_LOOP=auto or asyncio"
+        ) from error
     return "uvloop"
 
 
