@@ -341,9 +341,11 @@ class SourceService:
         )
         # Read before submitting: once the ingestion task runs, the row can already say
         # PROCESSING, and the answer to an upload should be the file as it was stored.
-        file = await self.get_file(caller, header.source_id, file_id)
-        self.runner.submit(file_id, caller.organization_id)
-        return file
+        # Submitted even if the caller goes away meanwhile: the file is stored.
+        try:
+            return await self.get_file(caller, header.source_id, file_id)
+        finally:
+            self.runner.submit(file_id, caller.organization_id)
 
     async def get_file(
         self, caller: Caller, source_id: str, file_id: str, *, with_text: bool = False
