@@ -340,13 +340,7 @@ async def test_a_follower_sees_the_cancellation_end_its_stream(
 async def test_cancelling_a_run_paused_for_approval_refuses_its_call(
     chat: ApiHarness, fake_provider: FakeProvider
 ) -> None:
-    agent = await new_agent(
-        chat.org_a, [{"requires_approval": {"tool_name": "conversation_search"}}]
-    )
-    fake_provider.script(
-        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")])
-    )
-    paused = await stream(chat.org_a, agent, "Search for cats")
+    agent, paused = await paused_for_approval(chat, fake_provider)
     assert kinds(paused)[-3:] == ["approval_request", "stop_reason", "usage"]
 
     cancelled = await chat.org_a.messages.CancelTurn(
@@ -586,6 +580,19 @@ async def test_another_organization_cannot_follow_or_cancel_a_run(
     assert kinds(events) == ["assistant_message", "stop_reason", "usage"]
 
 
+async def paused_for_approval(
+    chat: ApiHarness, fake_provider: FakeProvider
+) -> tuple[str, list[TurnEvent]]:
+    """An agent whose turn stopped on an approval request for call "p1", and that turn's events."""
+    agent = await new_agent(
+        chat.org_a, [{"requires_approval": {"tool_name": "conversation_search"}}]
+    )
+    fake_provider.script(
+        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")])
+    )
+    return agent, await stream(chat.org_a, agent, "Search for cats")
+
+
 async def orphan_run(
     chat: ApiHarness, agent_id: str, *, lease: timedelta | None = timedelta(seconds=-1)
 ) -> str:
@@ -796,13 +803,7 @@ async def test_closing_a_lost_runs_log_never_fails_the_turn_that_found_it(
 async def test_a_paused_run_being_answered_can_no_longer_be_cancelled(
     chat: ApiHarness, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    agent = await new_agent(
-        chat.org_a, [{"requires_approval": {"tool_name": "conversation_search"}}]
-    )
-    fake_provider.script(
-        Reply(tool_calls=[ToolCall("conversation_search", {"query": "cats"}, id="p1")])
-    )
-    paused = await stream(chat.org_a, agent, "Search for cats")
+    agent, paused = await paused_for_approval(chat, fake_provider)
     real_checkpoint = messages_module._TurnRecorder._checkpoint
 
     async def slow_checkpoint(recorder: Any, stop: Any) -> None:
