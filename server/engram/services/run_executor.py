@@ -336,7 +336,7 @@ class RunExecutor:
 
     async def sync_clock(self) -> None:
         """Measure this process's clock against the database's (see :attr:`clock_offset`)."""
-        if self.database.engine.dialect.name != "postgresql":
+        if self._dialect != "postgresql":
             return  # one machine, one clock
         async with self.database.engine.connect() as connection:
             offset = await clock_offset(connection)
