@@ -41,9 +41,10 @@ STATEMENTS_BEFORE_FIRST_STEP = 5
 # Each step's checkpoint: the step, its messages (one statement for all of
 # them), and the run's update.
 STATEMENTS_PER_STEP = 3
-# Connections taken from the pool: the agent read, the starting transaction,
-# then one checkpoint transaction per step.
-CHECKOUTS_BEFORE_FIRST_STEP = 2
+# Connections taken from the pool: the starting transaction, then one
+# checkpoint transaction per step.  The agent read takes none: it runs on a
+# connection pinned for such reads (engram.store.pinned) since the warm-up.
+CHECKOUTS_BEFORE_FIRST_STEP = 1
 
 
 @dataclass

@@ -643,7 +643,9 @@ class MessageService:
 
     def _agent_reader(self) -> AgentReader:
         if self._reader is None:
-            self._reader = AgentReader(self.database.engine, _agent_read(lock=False))
+            self._reader = AgentReader(
+                self.database.engine, _agent_read(lock=False), self.database.pinned
+            )
         return self._reader
 
     async def _provider_for(

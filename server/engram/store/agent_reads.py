@@ -4,7 +4,8 @@ GetAgent is the hottest read of the API, and through the ORM a session, a
 ``Connection``, the statement cache, the organization hook, the result
 machinery and the identity map cost several times what the database does
 (``scripts/bench-unary`` profiles it).  :class:`AgentReader` runs the very same
-statement, compiled once per dialect, directly on a pooled driver connection:
+statement, compiled once per dialect, directly on a driver connection kept out
+of the pool for such reads (:mod:`engram.store.pinned`):
 asyncpg's prepared statement on PostgreSQL, one trip to the connection's
 thread on SQLite (in autocommit: one statement is its own snapshot).
 
@@ -16,7 +17,6 @@ exactly as a scoped session would run it; the reader only binds the values.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,10 +25,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.util.concurrency import greenlet_spawn
 
 from engram.store.models import Agent
+from engram.store.pinned import PinnedConnections
 from engram.store.scoping import SCOPE_PARAMETER, prescoped
 from engram.store.sqlite import run_on_thread
 
@@ -107,7 +106,7 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
 
 
 class AgentReader:
-    """Runs one agent read by id below the ORM, on the engine's own pool.
+    """Runs one agent read by id below the ORM, on one of ``connections``.
 
     ``statement`` must come from :func:`agent_by_id`: it selects
     :data:`AGENT_COLUMNS` followed by any extra columns, binds ``:agent_id``
@@ -115,10 +114,12 @@ class AgentReader:
     read unscoped.
     """
 
-    def __init__(self, engine: AsyncEngine, statement: Select[Any]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, statement: Select[Any], connections: PinnedConnections
+    ) -> None:
         if not statement.get_execution_options().get("engram_prescoped"):
             raise ValueError("the agent read must carry the organization criteria (prescoped)")
-        self._engine = engine
+        self._connections = connections
         self._compiled = _compile(statement, engine.dialect)
         missing = {"agent_id", SCOPE_PARAMETER} - set(self._compiled.positions)
         if missing:
@@ -128,38 +129,25 @@ class AgentReader:
     async def fetch(self, organization_id: str, agent_id: str) -> tuple[Any, ...] | None:
         """The processed row of ``agent_id`` in ``organization_id``, or None.
 
-        Raises whatever the driver raised; the connection is then discarded.
+        Raises whatever the driver raised; the connection is then discarded
+        (callers retry through a session, whose checkout reconnects).
         """
         values = {"agent_id": agent_id, SCOPE_PARAMETER: organization_id}
         compiled = self._compiled
         parameters = [values[name] for name in compiled.positions]
-        connection: PoolProxiedConnection = await self._engine.raw_connection()
-        try:
+        async with self._connections.connection() as connection:
             if self._postgres:
                 driver: Any = connection.driver_connection  # asyncpg.Connection
                 raw = await driver.fetchrow(compiled.sql, *parameters)
             else:
                 rows = await run_on_thread(connection.dbapi_connection, compiled.sql, parameters)
                 raw = rows[0] if rows else None
-        except BaseException:
-            # The connection's state is unknown (a lost socket, a cancelled
-            # query): never hand it to the next caller.
-            await _discard(connection)
-            raise
-        await greenlet_spawn(connection.close)
         if raw is None:
             return None
         return tuple(
             value if process is None else process(value)
             for value, process in zip(raw, compiled.processors, strict=True)
         )
-
-
-async def _discard(connection: PoolProxiedConnection) -> None:
-    with contextlib.suppress(Exception):
-        await greenlet_spawn(connection.invalidate)
-    with contextlib.suppress(Exception):
-        await greenlet_spawn(connection.close)
 
 
 def agent_by_id(extra: Sequence[ColumnElement[Any]]) -> Select[Any]:

@@ -28,6 +28,7 @@ from engram.config.database_choice import DatabaseChoice
 from engram.store.error_translation import identify_sqlite_foreign_key, translate
 from engram.store.errors import DeadlockError, ForeignKeyViolationError
 from engram.store.models import Base
+from engram.store.pinned import PinnedConnections
 from engram.store.scoping import (
     ALL_ORGANIZATIONS_KEY,
     ORGANIZATION_KEY,
@@ -49,6 +50,8 @@ class Database:
         self.engine = engine
         self.choice = choice
         self.metadata = Base.metadata
+        # For one-statement reads below the ORM (see engram.store.agent_reads).
+        self.pinned = PinnedConnections.for_engine(engine)
         writer_engine = engine
         self._writer_lock: asyncio.Lock | None = None
         if choice.is_sqlite:
@@ -66,6 +69,7 @@ class Database:
         self._writers = async_sessionmaker(writer_engine, **options)
 
     async def dispose(self) -> None:
+        await self.pinned.close()
         await self.engine.dispose()
 
     async def ping(self) -> None:
