@@ -46,6 +46,28 @@ def test_seed_defaults() -> None:
     assert settings.port == 50051
 
 
+@pytest.mark.parametrize(
+    ("variable", "raw", "attribute"),
+    [
+        ("PORT", "8080", "port"),
+        ("HOST", "0.0.0.0", "host"),
+        ("DEBUG", "true", "debug"),
+        ("REDIS_URL", "redis://elsewhere:6379/0", "redis_url"),
+        ("PG_URI", "postgresql://someone@elsewhere/db", "pg_uri"),
+    ],
+)
+def test_bare_names_in_the_environment_are_not_ours(
+    monkeypatch: pytest.MonkeyPatch, variable: str, raw: str, attribute: str
+) -> None:
+    """Platforms set PORT, HOST or REDIS_URL for other programs; only ENGRAM_/LETTA_ count."""
+    monkeypatch.setenv(variable, raw)
+    assert getattr(Settings(), attribute) == Settings.model_fields[attribute].default
+
+
+def test_code_still_builds_settings_by_field_name() -> None:
+    assert Settings(port=8080, debug=True).port == 8080
+
+
 @pytest.mark.parametrize(("suffix", "raw", "attribute", "expected"), SEED_VARIABLES)
 @pytest.mark.parametrize("prefix", ["ENGRAM_", "LETTA_"])
 def test_each_variable_reads_under_both_prefixes(

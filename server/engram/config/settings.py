@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 # ENGRAM_EVENT_LOOP: see engram.config.event_loop.
 EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
@@ -21,6 +27,20 @@ EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
 DEFAULT_HOME = Path("~/.engram")
 DEFAULT_SQLITE_FILENAME = "engram.db"
 ENCRYPTION_KEY_FILENAME = "encryption.key"
+
+
+class DocumentedNamesOnly(EnvSettingsSource):
+    """The environment, read by each setting's documented names and by nothing else.
+
+    ``populate_by_name`` lets code build ``Settings(port=...)`` by field name,
+    but pydantic-settings would then also read the environment by bare field
+    name: ``PORT``, ``HOST``, ``DEBUG`` or ``REDIS_URL``, which platforms and
+    other programs set for their own purposes, would configure Engram.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.config = {**self.config, "populate_by_name": False, "validate_by_name": False}
 
 
 def env(name: str, *, legacy: bool = True, extra: tuple[str, ...] = ()) -> AliasChoices:
@@ -41,6 +61,17 @@ class Settings(BaseSettings):
         populate_by_name=True,
         case_sensitive=False,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, DocumentedNamesOnly(settings_cls), file_secret_settings)
 
     # --- PostgreSQL connection -------------------------------------------------
     pg_uri: SecretStr | None = Field(
