@@ -87,14 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from engram.config.settings import get_settings
+        from engram.config.settings import get_settings, settings_problems
     except ImportError as error:  # pragma: no cover - depends on the install
         print(
             f"engram: the server is not installed ({error}); install engram[server]",
             file=sys.stderr,
         )
         return EXIT_CANNOT_RUN
-    settings = get_settings()
+    from pydantic import ValidationError
+
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        print(f"engram: {settings_problems(error)}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     logging.basicConfig(
         level=logging.DEBUG if settings.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -57,3 +57,13 @@ def test_config_explains_a_partial_configuration() -> None:
     assert result.returncode == 2
     document = json.loads(result.stdout)
     assert "ENGRAM_PG_DB" in document["database"]["error"]
+
+
+def test_an_invalid_setting_is_named_without_a_traceback() -> None:
+    """A Service called engram makes Kubernetes set ENGRAM_PORT=tcp://...; say so."""
+    result = engram_config({"ENGRAM_PORT": "tcp://10.96.0.12:50051", "ENGRAM_PG_POOL_SIZE": "many"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "ENGRAM_PG_POOL_SIZE" in result.stderr
+    assert "ENGRAM_PORT" in result.stderr
+    assert "enableServiceLinks" in result.stderr

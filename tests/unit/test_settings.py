@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from engram.config.database_choice import ConfigurationError, DatabaseEngine, choose_database
-from engram.config.settings import Settings
+from engram.config.settings import Settings, settings_problems
 
 # (variable suffix, value given, settings attribute, expected value)
 SEED_VARIABLES = [
@@ -62,6 +63,17 @@ def test_bare_names_in_the_environment_are_not_ours(
     """Platforms set PORT, HOST or REDIS_URL for other programs; only ENGRAM_/LETTA_ count."""
     monkeypatch.setenv(variable, raw)
     assert getattr(Settings(), attribute) == Settings.model_fields[attribute].default
+
+
+def test_engram_port_holding_an_address_names_kubernetes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGRAM_PORT", "tcp://10.96.0.12:50051")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    problems = settings_problems(caught.value)
+    assert "ENGRAM_PORT" in problems
+    assert "Service named engram" in problems
+    monkeypatch.setenv("ENGRAM_PORT", "8080")
+    assert Settings().port == 8080
 
 
 def test_code_still_builds_settings_by_field_name() -> None:

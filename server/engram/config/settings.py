@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -309,6 +309,22 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("port", mode="before")
+    @classmethod
+    def _not_a_service_link(cls, value: Any) -> Any:
+        """Name the usual cause of ``ENGRAM_PORT=tcp://...`` instead of "not an integer".
+
+        Kubernetes gives every pod ``<SERVICE>_PORT=tcp://<ip>:<port>`` for each
+        Service in its namespace, so a Service called ``engram`` sets ours.
+        """
+        if isinstance(value, str) and value.strip().startswith(("tcp://", "udp://")):
+            raise ValueError(
+                f"{value!r} is an address, not a port: Kubernetes sets ENGRAM_PORT this way for "
+                "a Service named engram; set ENGRAM_PORT in the container's env (it takes "
+                "precedence) or enableServiceLinks: false on the pod"
+            )
+        return value
+
     @field_validator("encryption_keys_previous", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -343,6 +359,16 @@ class Settings(BaseSettings):
         if self.encryption_key_file is not None:
             return self.encryption_key_file
         return self.sqlite_path.parent / ENCRYPTION_KEY_FILENAME
+
+
+def settings_problems(error: ValidationError) -> str:
+    """One line per invalid variable, for a person reading a failed start."""
+    lines = ["invalid settings:"]
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "settings"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
 
 
 @lru_cache(maxsize=1)
