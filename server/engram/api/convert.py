@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -51,12 +51,23 @@ def nested_id(
     return parts[1], parts[3]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """``value`` as a Timestamp (a naive datetime is taken as UTC, as protobuf does).
+
+    Built from the difference to the epoch: a third of the cost of
+    ``Timestamp.FromDatetime``, and every resource carries two or more.
+    """
     if value is None:
         return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    since_epoch = value - (_NAIVE_EPOCH if value.tzinfo is None else _EPOCH)
+    return timestamp_pb2.Timestamp(
+        seconds=since_epoch.days * 86_400 + since_epoch.seconds,
+        nanos=since_epoch.microseconds * 1_000,
+    )
 
 
 def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
