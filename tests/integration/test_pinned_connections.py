@@ -11,9 +11,12 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from engram.config.database_choice import choose_database
+from engram.config.settings import Settings
 from engram.store.database import Database
+from engram.store.engine import create_engine
 from engram.store.pinned import MOST_PINNED, PinnedConnections
-from engram.store.sqlite import run_on_thread
+from engram.store.sqlite import create_sqlite_engine, run_on_thread
 
 
 class Checkouts:
@@ -59,7 +62,8 @@ def _checked_out(database: Database) -> int:
 
 async def test_reads_reuse_one_pinned_connection(database: Database, checkouts: Checkouts) -> None:
     pinned = database.pinned
-    assert 1 <= pinned.size <= MOST_PINNED
+    assert pinned.size == min(MOST_PINNED, database.engine.sync_engine.pool.size() // 4)  # type: ignore[attr-defined]
+    assert pinned.size >= 1
     first = await _read(database, pinned)
     for _ in range(20):
         assert await _read(database, pinned) is first
@@ -134,6 +138,39 @@ async def test_a_connection_past_the_recycle_age_is_renewed(
     assert checkouts.count == 2  # the first went back to the pool, a second was taken
     assert _checked_out(database) == 1
     await pinned.close()
+
+
+async def test_age_counts_from_when_the_pool_opened_the_connection(
+    database: Database, checkouts: Checkouts
+) -> None:
+    """A connection that waited in the pool is not given a fresh recycle age by pinning."""
+    async with database.engine.connect() as connection:
+        await connection.exec_driver_sql("SELECT 1")
+    await asyncio.sleep(0.5)  # the connection ages in the pool
+    pinned = PinnedConnections(database.engine, 1, 0.4)
+    await _read(database, pinned)  # pins the pool's connection, already 0.5 s old
+    await _read(database, pinned)  # so this read renews it
+    assert checkouts.count == 3
+    await pinned.close()
+
+
+async def test_a_small_pool_keeps_its_connections(settings: Settings) -> None:
+    """Under four connections nothing is pinned, so sessions never wait on pinned ones."""
+    small = settings.model_copy(update={"pg_pool_size": 1, "pg_max_overflow": 0})
+    choice = choose_database(small)
+    engine = create_engine(choice, small)
+    if choice.is_sqlite:
+        await engine.dispose()
+        engine = create_sqlite_engine(
+            choice.sqlite_path, busy_timeout_ms=1000, pool_size=1, pool_timeout=1
+        )
+    database = Database(engine, choice)
+    try:
+        assert database.pinned.size == 0
+        await _read(database, database.pinned)
+        await database.ping()  # the only connection is back in the pool
+    finally:
+        await database.dispose()
 
 
 async def test_close_gives_every_connection_back(database: Database) -> None:

@@ -65,15 +65,21 @@ def test_bare_names_in_the_environment_are_not_ours(
     assert getattr(Settings(), attribute) == Settings.model_fields[attribute].default
 
 
-def test_engram_port_holding_an_address_names_kubernetes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ENGRAM_PORT", "tcp://10.96.0.12:50051")
+@pytest.mark.parametrize(
+    ("variable", "attribute"),
+    [("ENGRAM_PORT", "port"), ("ENGRAM_REDIS_PORT", "redis_port"), ("ENGRAM_PG_PORT", "pg_port")],
+)
+def test_a_port_holding_an_address_names_kubernetes(
+    monkeypatch: pytest.MonkeyPatch, variable: str, attribute: str
+) -> None:
+    monkeypatch.setenv(variable, "tcp://10.96.0.12:6379")
     with pytest.raises(ValidationError) as caught:
         Settings()
     problems = settings_problems(caught.value)
-    assert "ENGRAM_PORT" in problems
-    assert "Service named engram" in problems
-    monkeypatch.setenv("ENGRAM_PORT", "8080")
-    assert Settings().port == 8080
+    assert variable in problems
+    assert "Kubernetes" in problems
+    monkeypatch.setenv(variable, "8080")
+    assert getattr(Settings(), attribute) == 8080
 
 
 def test_code_still_builds_settings_by_field_name() -> None:

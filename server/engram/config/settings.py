@@ -309,18 +309,19 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("port", mode="before")
+    @field_validator("port", "pg_port", "redis_port", mode="before")
     @classmethod
     def _not_a_service_link(cls, value: Any) -> Any:
         """Name the usual cause of ``ENGRAM_PORT=tcp://...`` instead of "not an integer".
 
         Kubernetes gives every pod ``<SERVICE>_PORT=tcp://<ip>:<port>`` for each
-        Service in its namespace, so a Service called ``engram`` sets ours.
+        Service in its namespace: a Service called ``engram`` sets ENGRAM_PORT,
+        one called ``engram-redis`` ENGRAM_REDIS_PORT.
         """
         if isinstance(value, str) and value.strip().startswith(("tcp://", "udp://")):
             raise ValueError(
-                f"{value!r} is an address, not a port: Kubernetes sets ENGRAM_PORT this way for "
-                "a Service named engram; set ENGRAM_PORT in the container's env (it takes "
+                f"{value!r} is an address, not a port: Kubernetes sets <NAME>_PORT this way for "
+                "a Service of that name; set the variable in the container's env (it takes "
                 "precedence) or enableServiceLinks: false on the pod"
             )
         return value

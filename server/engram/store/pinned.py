@@ -14,14 +14,18 @@ busy the read checks one out of the pool as before, so a slow or remote
 database cannot cap throughput at the size of the set.  What the pool would
 do for a connection it hands out is kept:
 
-* **Recycling**: a pinned connection older than the pool's ``recycle`` age is
-  given back (the pool then renews it on its next checkout) and a fresh one
-  taken in its place.
+* **Recycling**: a pinned connection older than the pool's ``recycle`` age
+  (counted from when it was opened) is given back (the pool then renews it on
+  its next checkout) and a fresh one taken in its place.
 * **Dead connections**: a pinned connection is not pinged before each use.  A
   read that fails on one discards it (closed, never reused); the caller then
   retries through a session, whose checkout does ping and reconnect.
 * **Shutdown**: :meth:`PinnedConnections.close` gives every idle connection
-  back before the engine is disposed; one in use goes back when its read ends.
+  back before the engine is disposed; one in use is closed when its read ends.
+
+At most a quarter of the pool is pinned (four of PostgreSQL's default 25, two
+of SQLite's eight, none of a pool under four), and pinned connections count as
+checked out in the pool metrics.
 """
 
 from __future__ import annotations
@@ -44,10 +48,10 @@ MOST_PINNED = 4
 
 @dataclass(slots=True)
 class _Slot:
-    """One place in the set: a pinned connection and when it was taken, or none yet."""
+    """One place in the set: a pinned connection and when it was opened, or none yet."""
 
     connection: PoolProxiedConnection | None = None
-    taken_at: float = 0.0
+    opened_at: float = 0.0  # wall-clock seconds, as the pool records it
 
 
 class PinnedConnections:
@@ -75,11 +79,9 @@ class PinnedConnections:
         if not isinstance(pool, QueuePool):
             return cls(engine, 0, None)
         recycle = pool._recycle  # the pool's own setting; negative means never
-        return cls(
-            engine,
-            min(MOST_PINNED, max(1, pool.size() // 4)),
-            recycle if recycle >= 0 else None,
-        )
+        # A quarter of the pool at most, so a small pool keeps its
+        # connections for sessions (none pinned below four).
+        return cls(engine, min(MOST_PINNED, pool.size() // 4), recycle if recycle >= 0 else None)
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[PoolProxiedConnection]:
@@ -115,21 +117,22 @@ class PinnedConnections:
 
     async def _ready(self, slot: _Slot) -> PoolProxiedConnection:
         """``slot``'s connection, renewed when it has none or is due for recycling."""
-        now = time.monotonic()
         if slot.connection is not None:
-            age = now - slot.taken_at
+            age = time.time() - slot.opened_at
             if self._recycle_seconds is None or age < self._recycle_seconds:
                 return slot.connection
             await self._release(slot)
-        slot.connection = await self._engine.raw_connection()
-        slot.taken_at = now
-        return slot.connection
+        connection = await self._engine.raw_connection()
+        slot.connection, slot.opened_at = connection, _opened_at(connection)
+        return connection
 
     async def _give_back(self, slot: _Slot) -> None:
-        if self._closed:
-            # Shut down while this statement ran: back to the pool, not into
-            # a set nobody will empty again.
-            await self._release(slot)
+        if self._closed and slot.connection is not None:
+            # Shut down while this statement ran: the engine is being
+            # disposed, so the connection is closed rather than handed to a
+            # pool nobody will empty again.
+            connection, slot.connection = slot.connection, None
+            await discard(connection)
         self._free.put_nowait(slot)
 
     @staticmethod
@@ -137,6 +140,17 @@ class PinnedConnections:
         connection, slot.connection = slot.connection, None
         if connection is not None:
             await greenlet_spawn(connection.close)
+
+
+def _opened_at(connection: PoolProxiedConnection) -> float:
+    """When the pool opened ``connection``'s database connection (now, if it does not say).
+
+    A connection may have waited in the pool for most of its recycle age
+    before it was pinned: its age counts from its opening, as the pool's does.
+    """
+    record = getattr(connection, "_connection_record", None)
+    started = getattr(record, "starttime", None)
+    return float(started) if isinstance(started, int | float) else time.time()
 
 
 def _take(free: asyncio.LifoQueue[_Slot]) -> _Slot | None:
