@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,6 +57,26 @@ async def _read(database: Database, pinned: PinnedConnections) -> Any:
         return connection.driver_connection
 
 
+@contextlib.asynccontextmanager
+async def holding(pinned: PinnedConnections) -> AsyncIterator[None]:
+    """Keep one of ``pinned``'s connections in use by another task for the block."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with pinned.connection():
+            entered.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await entered.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        await holder
+
+
 def _checked_out(database: Database) -> int:
     return int(database.engine.sync_engine.pool.checkedout())  # type: ignore[attr-defined]
 
@@ -75,23 +96,12 @@ async def test_reads_beyond_the_pinned_ones_use_the_pool(
     database: Database, checkouts: Checkouts
 ) -> None:
     pinned = PinnedConnections(database.engine, 1, None)
-    held = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with pinned.connection():
-            held.set()
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await held.wait()
-    assert _checked_out(database) == 1
-    # The only pinned connection is busy: the read neither waits nor fails.
-    await asyncio.wait_for(_read(database, pinned), timeout=10)
-    assert checkouts.count == 2
-    assert _checked_out(database) == 1  # the overflow connection went back to the pool
-    release.set()
-    await holder
+    async with holding(pinned):
+        assert _checked_out(database) == 1
+        # The only pinned connection is busy: the read neither waits nor fails.
+        await asyncio.wait_for(_read(database, pinned), timeout=10)
+        assert checkouts.count == 2
+        assert _checked_out(database) == 1  # the overflow connection went back to the pool
     await pinned.close()
     assert _checked_out(database) == 0
 
@@ -175,22 +185,11 @@ async def test_a_small_pool_keeps_its_connections(settings: Settings) -> None:
 
 async def test_close_gives_every_connection_back(database: Database) -> None:
     pinned = PinnedConnections(database.engine, 2, None)
-    entered = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with pinned.connection():
-            entered.set()
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await entered.wait()
-    await _read(database, pinned)  # the second slot, idle after this
-    assert _checked_out(database) == 2
-    await pinned.close()
-    assert _checked_out(database) == 1  # the idle one went back; the busy one is still out
-    release.set()
-    await holder
+    async with holding(pinned):
+        await _read(database, pinned)  # the second slot, idle after this
+        assert _checked_out(database) == 2
+        await pinned.close()
+        assert _checked_out(database) == 1  # the idle one went back; the busy one is still out
     assert _checked_out(database) == 0  # and it went back when its read ended
     await _read(database, pinned)  # after close, reads still work, through the pool
     assert _checked_out(database) == 0
