@@ -65,7 +65,7 @@ async def test_the_reader_refuses_an_unscoped_statement(database: Database) -> N
     statement = agent_by_id(())
     unscoped = statement.execution_options(engram_prescoped=False)
     with pytest.raises(ValueError, match="organization criteria"):
-        AgentReader(database.engine, unscoped, database.pinned)
+        AgentReader(unscoped, database.pinned)
 
 
 async def test_a_read_on_a_dead_connection_recovers(

@@ -317,10 +317,8 @@ class AgentService:
 
     def _reader(self) -> AgentReader:
         if self._agent_reader is None:
-            engine = self.database.engine
-            self._agent_reader = AgentReader(
-                engine, _agent_by_id(engine.dialect.name), self.database.pinned
-            )
+            pinned = self.database.pinned
+            self._agent_reader = AgentReader(_agent_by_id(pinned.dialect.name), pinned)
         return self._agent_reader
 
     async def _get_in_session(self, caller: Caller, agent_id: str) -> Sequence[Any] | None:

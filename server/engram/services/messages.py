@@ -643,9 +643,7 @@ class MessageService:
 
     def _agent_reader(self) -> AgentReader:
         if self._reader is None:
-            self._reader = AgentReader(
-                self.database.engine, _agent_read(lock=False), self.database.pinned
-            )
+            self._reader = AgentReader(_agent_read(lock=False), self.database.pinned)
         return self._reader
 
     async def _provider_for(

@@ -24,7 +24,6 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engram.store.models import Agent
 from engram.store.pinned import PinnedConnections
@@ -114,17 +113,15 @@ class AgentReader:
     read unscoped.
     """
 
-    def __init__(
-        self, engine: AsyncEngine, statement: Select[Any], connections: PinnedConnections
-    ) -> None:
+    def __init__(self, statement: Select[Any], connections: PinnedConnections) -> None:
         if not statement.get_execution_options().get("engram_prescoped"):
             raise ValueError("the agent read must carry the organization criteria (prescoped)")
         self._connections = connections
-        self._compiled = _compile(statement, engine.dialect)
+        self._compiled = _compile(statement, connections.dialect)
         missing = {"agent_id", SCOPE_PARAMETER} - set(self._compiled.positions)
         if missing:
             raise ValueError(f"the agent read does not bind {', '.join(sorted(missing))}")
-        self._postgres = engine.dialect.name == "postgresql"
+        self._postgres = connections.dialect.name == "postgresql"
 
     async def fetch(self, organization_id: str, agent_id: str) -> tuple[Any, ...] | None:
         """The processed row of ``agent_id`` in ``organization_id``, or None.

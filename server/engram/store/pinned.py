@@ -63,6 +63,7 @@ class PinnedConnections:
 
     def __init__(self, engine: AsyncEngine, size: int, recycle_seconds: float | None) -> None:
         self._engine = engine
+        self.dialect = engine.dialect  # what statements run on these connections compile for
         self._recycle_seconds = recycle_seconds
         # The free slots; a slot out of the queue is in use.  LIFO, so that a
         # lightly loaded process keeps reusing its warmest connection.
