@@ -212,7 +212,7 @@ async def _serve(args: argparse.Namespace) -> int:
             settings,
             prepare,
             app=app,
-            meter=telemetry.provider.get_meter("engram.rpc"),
+            meter=telemetry.call_meter(),
             reuse_port=args.reuse_port,
         )
     finally:

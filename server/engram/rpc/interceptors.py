@@ -16,8 +16,9 @@ The stages run inside one wrapper per method rather than as four
 ``grpc.aio.ServerInterceptor`` objects: each interceptor layer costs about 5%
 of peak unary throughput (``grpc-conventions.md`` §3.1), and an exception
 mapper or a timer must wrap the handler's behaviour anyway, which
-``intercept_service`` alone cannot do.  Wrapped handlers are built once per
-method and cached, so a call allocates nothing for the chain itself.
+``intercept_service`` alone cannot do.  The wrappers are built once per
+method when the services register (:class:`MethodTable`), so grpc runs no
+interceptor at all and a call allocates nothing for the chain itself.
 """
 
 from __future__ import annotations
@@ -133,9 +134,11 @@ def bearer_token(metadata: Metadata | None) -> str | None:
 class _Chain:
     """The stages shared by every wrapped method."""
 
-    def __init__(self, authenticator: Authenticator, meter: Meter, max_in_flight: int) -> None:
+    def __init__(
+        self, authenticator: Authenticator, meter: Meter | None, max_in_flight: int
+    ) -> None:
         self.authenticator = authenticator
-        self.metrics = _CallMetrics(meter)
+        self.metrics = _CallMetrics(meter) if meter is not None else None
         self.max_in_flight = max_in_flight
         # Calls of wrapped methods now running (this one included, once entered).
         self.in_flight = 0
@@ -235,7 +238,8 @@ def _wrap_unary_response(
             raise
         finally:
             chain.in_flight -= 1
-            chain.metrics.record(method, code, started)
+            if chain.metrics is not None:
+                chain.metrics.record(method, code, started)
 
     return handle
 
@@ -264,69 +268,99 @@ def _wrap_stream_response(
             await _abort(mapped, request_id, context)
         finally:
             chain.in_flight -= 1
-            chain.metrics.record(method, code, started)
+            if chain.metrics is not None:
+                chain.metrics.record(method, code, started)
 
     return handle
 
 
-class EngramInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
-    """Applies the chain to every Engram method; exempt methods pass through untouched."""
+class MethodTable(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs
+    """Every method of the server in one dict, the Engram ones wrapped in the chain.
 
-    def __init__(self, authenticator: Authenticator, meter: Meter, max_in_flight: int) -> None:
-        self._chain = _Chain(authenticator, meter, max_in_flight)
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+    The generated ``add_*Servicer_to_server(servicer, server)`` functions are
+    handed this table instead of the server: each gives it its method handlers
+    through :meth:`add_registered_method_handlers`, and the server receives
+    the table as its one generic handler (:meth:`service` is a dict lookup).
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(EXEMPT_PREFIXES):
-            return handler
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = wrapped
-        return wrapped
+    Two costs of the usual route are avoided.  grpc.aio's accept loop keeps
+    one pending request per *registered* method and waits on all of them
+    (``asyncio.wait``) before every call, so the ~80 registered methods of
+    Engram's services cost ~30 us of CPU per call (``scripts/bench-unary``);
+    a server with only generic handlers waits on one.  And a
+    ``grpc.aio.ServerInterceptor`` runs an awaited lookup per call, whereas
+    here each method's wrapped handler is built once, at registration.
+    """
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        chain = self._chain
-        serializers = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(chain, method, handler.unary_unary), **serializers
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(chain, method, handler.stream_unary), **serializers
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(chain, method, handler.unary_stream), **serializers
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(chain, method, handler.stream_stream), **serializers
+    def __init__(self, chain: _Chain | None) -> None:
+        self._chain = chain
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        """Ignored: generated code gives the same handlers to the method below.
+
+        :meth:`require` fails the start if a service's handlers never arrived
+        that way, so a registration cannot be lost silently.
+        """
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        for name, handler in handlers.items():
+            method = f"/{service}/{name}"
+            chain = None if method.startswith(EXEMPT_PREFIXES) else self._chain
+            self._handlers[method] = handler if chain is None else _wrap(chain, method, handler)
+
+    def require(self, services: Iterable[str]) -> None:
+        """Raise unless every one of ``services`` has its methods in the table."""
+        known = {method.split("/")[1] for method in self._handlers}
+        missing = sorted(set(services) - known)
+        if missing:
+            raise RuntimeError(f"no method handlers were registered for {', '.join(missing)}")
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(details.method)
+
+
+def _wrap(chain: _Chain, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary_response(chain, method, handler.unary_unary), **serializers
         )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _wrap_unary_response(chain, method, handler.stream_unary), **serializers
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream_response(chain, method, handler.unary_stream), **serializers
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        _wrap_stream_response(chain, method, handler.stream_stream), **serializers
+    )
 
 
-def build_interceptors(
-    authenticator: Authenticator, meter: Meter, *, max_in_flight: int = 0
-) -> list[grpc.aio.ServerInterceptor]:
-    """The server's interceptors, in the order they run (``max_in_flight`` 0: no limit)."""
-    return [EngramInterceptor(authenticator, meter, max_in_flight)]
+def build_method_table(
+    authenticator: Authenticator | None, meter: Meter | None, *, max_in_flight: int = 0
+) -> MethodTable:
+    """The server's method table; with ``authenticator``, Engram methods run the chain.
+
+    ``meter`` None records no call metrics (nothing would export them);
+    ``max_in_flight`` 0 sheds no load.
+    """
+    if authenticator is None:
+        return MethodTable(None)
+    return MethodTable(_Chain(authenticator, meter, max_in_flight))
 
 
 __all__ = [
     "EXEMPT_PREFIXES",
     "REQUEST_ID_HEADER",
     "Authenticator",
-    "EngramInterceptor",
+    "MethodTable",
     "bearer_token",
-    "build_interceptors",
+    "build_method_table",
 ]

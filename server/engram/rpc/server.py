@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry import metrics
 from opentelemetry.metrics import Meter
 
 from engram.config.settings import Settings
 from engram.rpc.application import Application
 from engram.rpc.dependency_watch import DependencyWatch
-from engram.rpc.interceptors import build_interceptors
+from engram.rpc.interceptors import MethodTable, build_method_table
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +59,7 @@ def server_options(*, reuse_port: bool) -> list[tuple[str, int]]:
 
 
 OVERALL_HEALTH = ""
+HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # How much sooner than calls in flight the runs in progress are stopped at shutdown.
 RUN_ENDING_MARGIN_SECONDS = 1.0
 
@@ -104,8 +104,8 @@ class RunningServer:
         await asyncio.gather(self.server.stop(grace), drain_runs(run_grace))
 
 
-def _register_api(server: grpc.aio.Server, app: Application) -> list[str]:
-    """Add the Engram servicers; returns their full service names."""
+def _register_api(server: MethodTable, app: Application) -> list[str]:
+    """Add the Engram servicers to ``server``'s table; returns their full service names."""
     from engram.api.admin import AdminServicer
     from engram.api.agents import AgentServicer
     from engram.api.archives import ArchiveServicer
@@ -168,32 +168,25 @@ async def start_server(
     """Open the listener with health NOT_SERVING and reflection enabled.
 
     With ``app``, the Engram services are registered behind the interceptor
-    chain; they answer UNAVAILABLE until ``app`` is ready.
+    chain; they answer UNAVAILABLE until ``app`` is ready.  ``meter`` None
+    records no per-call metrics (the caller has nowhere to export them).
     """
-    interceptors = (
-        build_interceptors(
-            app,
-            meter or metrics.get_meter("engram.rpc"),
-            max_in_flight=settings.max_concurrent_rpcs,
-        )
-        if app is not None
-        else []
-    )
     # Load is shed by the interceptor chain (a rich OVERLOADED status, probes
     # exempt) rather than by grpc's maximum_concurrent_rpcs, which would also
     # turn away health checks and answers without details.
-    server = grpc.aio.server(
-        options=server_options(reuse_port=reuse_port), interceptors=interceptors
-    )
+    table = build_method_table(app, meter, max_in_flight=settings.max_concurrent_rpcs)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = _register_api(server, app) if app is not None else []
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, table)
+    names = _register_api(table, app) if app is not None else []
+    table.require([*names, HEALTH_SERVICE])
+    server = grpc.aio.server(options=server_options(reuse_port=reuse_port))
+    server.add_generic_rpc_handlers((table,))
     for name in (OVERALL_HEALTH, *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         [
             *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            HEALTH_SERVICE,
             reflection.SERVICE_NAME,
         ],
         server,

@@ -18,6 +18,9 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from engram.adapters.llm.registry import ProviderRegistry
 from engram.config.settings import Settings
@@ -31,6 +34,7 @@ from engram.services.caller import Caller
 from engram.services.errors import UnauthenticatedError
 from engram.store.database import Database
 from engram.store.diagnostics import StartupError
+from engram.store.ids import IdPrefix, new_id
 from engram.store.models import ApiKey
 from engram.store.types import utc_now
 from engram.v1 import (
@@ -73,11 +77,11 @@ def bearer(key: str) -> tuple[str, str]:
 
 @asynccontextmanager
 async def serving(
-    settings: Settings, app: Application
+    settings: Settings, app: Application, meter: Meter | None = None
 ) -> AsyncIterator[tuple[RunningServer, grpc.aio.Channel]]:
     """A server for ``app`` on a free loopback port, and a channel to it."""
     server = await start_server(
-        settings.model_copy(update={"host": "127.0.0.1", "port": 0}), app=app
+        settings.model_copy(update={"host": "127.0.0.1", "port": 0}), app=app, meter=meter
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -378,6 +382,76 @@ async def test_a_server_that_is_still_starting_is_unavailable(
         assert list(response.blocks) == []
         checked = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert checked.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --------------------------------------------------------------------------- call metrics
+
+
+def call_durations(reader: InMemoryMetricReader) -> dict[tuple[str, int], HistogramDataPoint]:
+    """The ``rpc.server.duration`` points read from ``reader``, by method name and status code."""
+    points: dict[tuple[str, int], HistogramDataPoint] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != "rpc.server.duration":
+                    continue
+                for point in metric.data.data_points:
+                    attributes = point.attributes or {}
+                    assert attributes["rpc.system"] == "grpc"
+                    assert attributes["rpc.service"] == "engram.v1.BlockService"
+                    key = (str(attributes["rpc.method"]), int(attributes["rpc.grpc.status_code"]))
+                    assert isinstance(point, HistogramDataPoint)
+                    points[key] = point
+    return points
+
+
+async def test_each_call_is_timed_by_method_and_status(
+    settings: Settings, database: Database
+) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    authenticator = await ApiKeyAuthenticator.create(database, "127.0.0.1", insecure=False)
+    app = Application(settings)
+    app.ready(Services.build(database, authenticator, ProviderRegistry({})))
+
+    async with serving(settings, app, provider.get_meter("engram.rpc")) as (_, channel):
+        blocks = block_service_pb2_grpc.BlockServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        await blocks.ListBlocks(LIST_BLOCKS)
+        await blocks.ListBlocks(LIST_BLOCKS)
+        missing = block_service_pb2.GetBlockRequest(name=f"blocks/{new_id(IdPrefix.BLOCK)}")
+        await fails(blocks.GetBlock(missing))
+        await health.Check(health_pb2.HealthCheckRequest(service=""))
+
+    points = call_durations(reader)
+    provider.shutdown()
+    not_found = grpc.StatusCode.NOT_FOUND.value[0]
+    # Probes are not Engram calls: health is neither authenticated nor timed.
+    assert set(points) == {("ListBlocks", 0), ("GetBlock", not_found)}
+    assert points[("ListBlocks", 0)].count == 2
+    assert points[("GetBlock", not_found)].count == 1
+    assert points[("ListBlocks", 0)].sum > 0
+
+
+async def test_a_server_without_a_meter_still_serves(
+    settings: Settings, database: Database
+) -> None:
+    authenticator = await ApiKeyAuthenticator.create(database, "127.0.0.1", insecure=False)
+    app = Application(settings)
+    app.ready(Services.build(database, authenticator, ProviderRegistry({})))
+
+    async with serving(settings, app, None) as (_, channel):
+        blocks = block_service_pb2_grpc.BlockServiceStub(channel)
+        await blocks.ListBlocks(LIST_BLOCKS)
+        error = await fails(
+            blocks.GetBlock(
+                block_service_pb2.GetBlockRequest(name=f"blocks/{new_id(IdPrefix.BLOCK)}")
+            )
+        )
+
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(error).reason
 
 
 # --------------------------------------------------------------------------- local mode
