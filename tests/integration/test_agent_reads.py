@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import pytest
 
 from engram.services.admin import AdminService, ensure_default_identity
-from engram.services.agents import AgentService, NewAgent
+from engram.services.agents import AgentService, NewAgent, _link_columns
 from engram.services.caller import Caller
 from engram.store import pool
-from engram.store.agent_reads import AgentReader, agent_by_id
+from engram.store.agent_reads import AgentReader
 from engram.store.database import Database
 from engram.store.errors import NotFoundError
 
@@ -61,11 +62,65 @@ async def test_another_organization_reads_nothing(
         await service.get(theirs, agent_id)
 
 
-async def test_the_reader_refuses_an_unscoped_statement(database: Database) -> None:
-    statement = agent_by_id(())
-    unscoped = statement.execution_options(engram_prescoped=False)
-    with pytest.raises(ValueError, match="organization criteria"):
-        AgentReader(unscoped, database.pinned)
+async def test_concurrent_reads_share_batches_and_each_gets_its_own_row(
+    agents: tuple[AgentService, Caller, Caller], database: Database
+) -> None:
+    service, ours, theirs = agents
+    our_ids = [await _new_agent(service, ours) for _ in range(4)]
+    their_id = await _new_agent(service, theirs)
+    reader = AgentReader(_link_columns(database.pinned.dialect.name), database.pinned)
+    batches: list[list[tuple[str, str]]] = []
+    read = reader._read
+
+    async def counted(keys: Any) -> Any:
+        batches.append(list(keys))
+        return await read(keys)
+
+    reader._read = counted  # type: ignore[method-assign]
+    reader._batches._read = counted
+    asked = [
+        *((ours.organization_id, agent_id) for agent_id in our_ids * 3),
+        (theirs.organization_id, their_id),
+        (theirs.organization_id, our_ids[0]),  # another organization's agent
+        (ours.organization_id, their_id),
+        (ours.organization_id, "agent-missing"),
+    ]
+
+    rows = await asyncio.gather(*(reader.fetch(*key) for key in asked))
+
+    # Fewer trips than reads, yet every read answered as if it ran alone.
+    assert len(batches) < len(asked)
+    assert max(len(batch) for batch in batches) > 1
+    for (organization_id, agent_id), row in zip(asked, rows, strict=True):
+        alone = await service._get_in_session(Caller(organization_id, "u"), agent_id)
+        assert row == alone, (organization_id, agent_id)
+    assert sum(row is None for row in rows) == 3
+    assert {row[0] for row in rows if row is not None} == {*our_ids, their_id}
+
+
+async def test_a_read_asked_after_a_write_sees_it_under_load(
+    agents: tuple[AgentService, Caller, Caller],
+) -> None:
+    """Each GetAgent that starts after an update returns the update, batched or not."""
+    service, ours, _ = agents
+    agent_id = await _new_agent(service, ours)
+    other_ids = [await _new_agent(service, ours) for _ in range(3)]
+
+    async def keep_reading(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.gather(*(service.get(ours, other) for other in other_ids))
+
+    stop = asyncio.Event()
+    background = asyncio.create_task(keep_reading(stop))
+    try:
+        for index in range(10):
+            description = f"version {index}"
+            await service.update(ours, agent_id, {"description": description}, "")
+            seen = await asyncio.gather(*(service.get(ours, agent_id) for _ in range(5)))
+            assert {view.agent.description for view in seen} == {description}
+    finally:
+        stop.set()
+        await background
 
 
 async def test_a_read_on_a_dead_connection_recovers(

@@ -17,7 +17,7 @@ from engram.config.settings import Settings
 from engram.store.database import Database
 from engram.store.engine import create_engine
 from engram.store.pinned import MOST_PINNED, PinnedConnections
-from engram.store.sqlite import create_sqlite_engine, run_on_thread
+from engram.store.sqlite import create_sqlite_engine, run_each_on_thread
 
 
 class Checkouts:
@@ -45,7 +45,7 @@ async def checkouts(database: Database) -> AsyncIterator[Checkouts]:
 async def _select_one(database: Database, connection: Any) -> int:
     """Run ``SELECT 1`` on ``connection``'s driver, as the agent reader does."""
     if database.choice.is_sqlite:
-        rows = await run_on_thread(connection.dbapi_connection, "SELECT 1", [])
+        (rows,) = await run_each_on_thread(connection.dbapi_connection, "SELECT 1", [[]])
         return int(rows[0][0])
     return int(await connection.driver_connection.fetchval("SELECT 1"))
 

@@ -318,7 +318,7 @@ class AgentService:
     def _reader(self) -> AgentReader:
         if self._agent_reader is None:
             pinned = self.database.pinned
-            self._agent_reader = AgentReader(_agent_by_id(pinned.dialect.name), pinned)
+            self._agent_reader = AgentReader(_link_columns(pinned.dialect.name), pinned)
         return self._agent_reader
 
     async def _get_in_session(self, caller: Caller, agent_id: str) -> Sequence[Any] | None:

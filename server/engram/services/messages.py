@@ -643,7 +643,7 @@ class MessageService:
 
     def _agent_reader(self) -> AgentReader:
         if self._reader is None:
-            self._reader = AgentReader(_agent_read(lock=False), self.database.pinned)
+            self._reader = AgentReader(_AGENT_READ_EXTRA, self.database.pinned)
         return self._reader
 
     async def _provider_for(
@@ -1430,10 +1430,14 @@ class _TurnAgent:
         return self.record.id
 
 
+# What a turn reads of its agent beyond AGENT_COLUMNS: where its buffer starts.
+_AGENT_READ_EXTRA = (Agent.__table__.c.context_start_sequence,)
+
+
 @functools.cache
 def _agent_read(*, lock: bool) -> Select[Any]:
     """The agent's columns and its buffer's start, by ``:agent_id`` (scoped); built once."""
-    statement = agent_by_id((Agent.__table__.c.context_start_sequence,))
+    statement = agent_by_id(_AGENT_READ_EXTRA)
     return statement.with_for_update() if lock else statement
 
 

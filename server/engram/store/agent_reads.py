@@ -3,14 +3,15 @@
 GetAgent is the hottest read of the API, and through the ORM a session, a
 ``Connection``, the statement cache, the organization hook, the result
 machinery and the identity map cost several times what the database does
-(``scripts/bench-unary`` profiles it).  :class:`AgentReader` runs the very same
-statement, compiled once per dialect, directly on a driver connection kept out
-of the pool for such reads (:mod:`engram.store.pinned`):
+(``scripts/bench-unary`` profiles it).  :class:`AgentReader` runs the same
+columns and criteria, compiled once per dialect, directly on a driver
+connection kept out of the pool for such reads (:mod:`engram.store.pinned`):
 asyncpg's prepared statement on PostgreSQL, one trip to the connection's
-thread on SQLite (in autocommit: one statement is its own snapshot).
+thread on SQLite (in autocommit: each statement is its own snapshot), and
+coalesces concurrent reads into batches (:mod:`engram.store.read_batches`).
 
-Organization scoping stays what the ORM hook would make it: the statement is
-built with :func:`~engram.store.scoping.prescoped`, so its compiled text
+Organization scoping stays what the ORM hook would make it: the statements are
+built with :func:`~engram.store.scoping.prescoped`, so their compiled text
 carries ``organization_id = :scope`` on the agent and on every linked table,
 exactly as a scoped session would run it; the reader only binds the values.
 """
@@ -22,13 +23,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, select
+from sqlalchemy import ColumnElement, Select, String, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.pool import PoolProxiedConnection
 
 from engram.store.models import Agent
 from engram.store.pinned import PinnedConnections
+from engram.store.read_batches import ReadBatcher
 from engram.store.scoping import SCOPE_PARAMETER, prescoped
-from engram.store.sqlite import run_on_thread
+from engram.store.sqlite import run_each_on_thread
 
 # The agent's own columns a reader needs, in the order of AgentRecord's fields.
 AGENT_COLUMNS: tuple[ColumnElement[Any], ...] = (
@@ -104,24 +108,30 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
     return _Compiled(str(compiled), positions, processors)
 
 
-class AgentReader:
-    """Runs one agent read by id below the ORM, on one of ``connections``.
+# A read's key: the organization asking and the agent's id.
+_Key = tuple[str, str]
 
-    ``statement`` must come from :func:`agent_by_id`: it selects
-    :data:`AGENT_COLUMNS` followed by any extra columns, binds ``:agent_id``
-    and is :func:`prescoped`; the reader refuses anything else rather than
-    read unscoped.
+
+class AgentReader:
+    """Reads agents by id below the ORM, on ``connections``, in batches under load.
+
+    Each row holds :data:`AGENT_COLUMNS` followed by ``extra`` columns, as the
+    session read of :func:`agent_by_id` with the same ``extra`` returns it.
+    Concurrent reads are coalesced by :class:`~engram.store.read_batches.ReadBatcher`:
+    one batch in flight, each batch one trip to the database (on PostgreSQL
+    one statement per organization in the batch, ``id = ANY(:agent_ids)``; on
+    SQLite the one-agent statement once per agent, all on one trip to the
+    connection's thread).  The statements are :func:`prescoped`: their text
+    carries ``organization_id = :scope`` on the agent and on every linked
+    table, exactly as a scoped session would run them.
     """
 
-    def __init__(self, statement: Select[Any], connections: PinnedConnections) -> None:
-        if not statement.get_execution_options().get("engram_prescoped"):
-            raise ValueError("the agent read must carry the organization criteria (prescoped)")
+    def __init__(self, extra: Sequence[ColumnElement[Any]], connections: PinnedConnections) -> None:
         self._connections = connections
-        self._compiled = _compile(statement, connections.dialect)
-        missing = {"agent_id", SCOPE_PARAMETER} - set(self._compiled.positions)
-        if missing:
-            raise ValueError(f"the agent read does not bind {', '.join(sorted(missing))}")
         self._postgres = connections.dialect.name == "postgresql"
+        statement = agents_by_ids(extra) if self._postgres else agent_by_id(extra)
+        self._compiled = _compile(statement, connections.dialect)
+        self._batches: ReadBatcher[_Key, tuple[Any, ...]] = ReadBatcher(self._read)
 
     async def fetch(self, organization_id: str, agent_id: str) -> tuple[Any, ...] | None:
         """The processed row of ``agent_id`` in ``organization_id``, or None.
@@ -129,24 +139,53 @@ class AgentReader:
         Raises whatever the driver raised; the connection is then discarded
         (callers retry through a session, whose checkout reconnects).
         """
-        values = {"agent_id": agent_id, SCOPE_PARAMETER: organization_id}
-        compiled = self._compiled
-        parameters = [values[name] for name in compiled.positions]
+        return await self._batches.get((organization_id, agent_id))
+
+    async def _read(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[Any, ...]]:
+        by_organization: dict[str, list[str]] = {}
+        for organization_id, agent_id in keys:
+            by_organization.setdefault(organization_id, []).append(agent_id)
+        found: dict[_Key, tuple[Any, ...]] = {}
         async with self._connections.connection() as connection:
-            if self._postgres:
-                driver: Any = connection.driver_connection  # asyncpg.Connection
-                raw = await driver.fetchrow(compiled.sql, *parameters)
-            else:
-                rows = await run_on_thread(connection.dbapi_connection, compiled.sql, parameters)
-                raw = rows[0] if rows else None
-        if raw is None:
-            return None
+            for organization_id, agent_ids in by_organization.items():
+                for raw in await self._rows(connection, organization_id, agent_ids):
+                    found[(organization_id, raw[0])] = self._processed(raw)
+        return found
+
+    async def _rows(
+        self, connection: PoolProxiedConnection, organization_id: str, agent_ids: list[str]
+    ) -> Sequence[Sequence[Any]]:
+        compiled = self._compiled
+        names = compiled.positions
+        if self._postgres:
+            values = {"agent_ids": agent_ids, SCOPE_PARAMETER: organization_id}
+            driver: Any = connection.driver_connection  # asyncpg.Connection
+            return list(await driver.fetch(compiled.sql, *(values[name] for name in names)))
+        parameters = [
+            [
+                {"agent_id": agent_id, SCOPE_PARAMETER: organization_id}[n]
+                for n in compiled.positions
+            ]
+            for agent_id in agent_ids
+        ]
+        results = await run_each_on_thread(connection.dbapi_connection, compiled.sql, parameters)
+        return [row for rows in results for row in rows]
+
+    def _processed(self, raw: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(
             value if process is None else process(value)
-            for value, process in zip(raw, compiled.processors, strict=True)
+            for value, process in zip(raw, self._compiled.processors, strict=True)
         )
 
 
 def agent_by_id(extra: Sequence[ColumnElement[Any]]) -> Select[Any]:
     """The scoped statement reading one agent (``:agent_id``) with ``extra`` columns."""
     return prescoped(select(*agent_columns(), *extra).where(Agent.id == bindparam("agent_id")))
+
+
+def agents_by_ids(extra: Sequence[ColumnElement[Any]]) -> Select[Any]:
+    """The scoped statement reading the agents among ``:agent_ids`` (PostgreSQL's ``ANY``)."""
+    wanted = any_(bindparam("agent_ids", type_=postgresql.ARRAY(String)))
+    return prescoped(select(*agent_columns(), *extra).where(Agent.id == wanted))

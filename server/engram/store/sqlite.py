@@ -159,7 +159,7 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def rollback(self) -> None:
         # The pool rolls back every connection it takes back.  Outside a
-        # transaction (a statement run in autocommit, see run_on_thread) that
+        # transaction (a statement run in autocommit, see run_each_on_thread) that
         # is a no-op which would still cost a trip to the thread; the flag is
         # safe to read here because nothing else uses a connection being
         # returned.
@@ -169,20 +169,31 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
         super().rollback()
 
 
-async def run_on_thread(connection: Any, operation: str, parameters: Sequence[Any]) -> list[Any]:
-    """The rows of one read statement, run in autocommit on ``connection``'s thread in one trip.
+def _run_each(raw: Any, operation: str, parameter_lists: Sequence[Sequence[Any]]) -> list[Any]:
+    cursor = raw.cursor()
+    try:
+        return [cursor.execute(operation, parameters).fetchall() for parameters in parameter_lists]
+    finally:
+        cursor.close()
+
+
+async def run_each_on_thread(
+    connection: Any, operation: str, parameter_lists: Sequence[Sequence[Any]]
+) -> list[list[Any]]:
+    """The rows of one read statement run once per parameter list, in autocommit, in one trip.
 
     ``connection`` is a pooled DBAPI connection of :func:`create_sqlite_engine`.
-    A single statement outside ``BEGIN`` is its own read transaction, so it
-    sees one consistent snapshot like any read.
+    Each statement outside ``BEGIN`` is its own read transaction, so each
+    sees one consistent snapshot like any read; the trip to the connection's
+    thread, not SQLite, is most of a small read's cost, and is paid once.
     """
     adapted: _OneTripConnection = connection
     driver = adapted._connection  # aiosqlite.Connection (private API, pinned range)
     async with adapted._execute_mutex:
-        outcome: _Outcome = await driver._execute(
-            _run_statement, driver._conn, operation, parameters, False
+        results: list[list[Any]] = await driver._execute(
+            _run_each, driver._conn, operation, parameter_lists
         )
-    return outcome[1]
+    return results
 
 
 class _SqliteModuleAdapter(AsyncAdapt_aiosqlite_dbapi):
