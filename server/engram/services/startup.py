@@ -19,6 +19,7 @@ from engram.store.database import Database
 from engram.store.diagnostics import StartupError, check_connection, check_vector_support
 from engram.store.engine import create_engine
 from engram.store.migrations import SchemaState, known_revisions, schema_state, upgrade
+from engram.store.sqlite_planner import ensure_planner_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ async def open_storage(settings: Settings, *, require_schema: bool = True) -> St
         await check_vector_support(database.engine, choice)
         if require_schema:
             await _bring_schema_to_head(database, settings, keyring)
+            await ensure_planner_statistics(database.engine)
     except BaseException:
         await database.dispose()
         raise

@@ -32,6 +32,7 @@ from engram.store.message_search import is_search_index_object
 from engram.store.models import Base
 from engram.store.passage_search import is_managed_vector_object
 from engram.store.sqlite import WRITE_OPTION
+from engram.store.sqlite_planner import ensure_planner_statistics
 
 
 def migrations_directory() -> Path:
@@ -123,8 +124,13 @@ async def schema_state(engine: AsyncEngine) -> SchemaState:
 async def upgrade(
     engine: AsyncEngine, revision: str = "head", *, keyring: KeyRing | None = None
 ) -> None:
-    """Upgrade to ``revision``; ``keyring`` lets data migrations encrypt secrets."""
+    """Upgrade to ``revision``; ``keyring`` lets data migrations encrypt secrets.
+
+    On SQLite the planner's statistics for new indexes are written too
+    (:mod:`engram.store.sqlite_planner`).
+    """
     await _run_command(engine, "upgrade", revision, keyring)
+    await ensure_planner_statistics(engine)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
