@@ -69,15 +69,14 @@ async def test_concurrent_reads_share_batches_and_each_gets_its_own_row(
     our_ids = [await _new_agent(service, ours) for _ in range(4)]
     their_id = await _new_agent(service, theirs)
     reader = AgentReader(_link_columns(database.pinned.dialect.name), database.pinned)
-    batches: list[list[tuple[str, str]]] = []
+    batches: list[tuple[str, list[str]]] = []
     read = reader._read
 
-    async def counted(keys: Any) -> Any:
-        batches.append(list(keys))
-        return await read(keys)
+    async def counted(organization_id: str, agent_ids: Any) -> Any:
+        batches.append((organization_id, list(agent_ids)))
+        return await read(organization_id, agent_ids)
 
     reader._read = counted  # type: ignore[method-assign]
-    reader._batches._read = counted
     asked = [
         *((ours.organization_id, agent_id) for agent_id in our_ids * 3),
         (theirs.organization_id, their_id),
@@ -88,9 +87,15 @@ async def test_concurrent_reads_share_batches_and_each_gets_its_own_row(
 
     rows = await asyncio.gather(*(reader.fetch(*key) for key in asked))
 
-    # Fewer trips than reads, yet every read answered as if it ran alone.
+    # Fewer trips than reads, yet every read answered as if it ran alone;
+    # each trip reads for one organization.
     assert len(batches) < len(asked)
-    assert max(len(batch) for batch in batches) > 1
+    assert max(len(agent_ids) for _, agent_ids in batches) > 1
+    assert {organization_id for organization_id, _ in batches} == {
+        ours.organization_id,
+        theirs.organization_id,
+    }
+    assert reader._batchers == {}  # idle batchers are dropped
     for (organization_id, agent_id), row in zip(asked, rows, strict=True):
         alone = await service._get_in_session(Caller(organization_id, "u"), agent_id)
         assert row == alone, (organization_id, agent_id)

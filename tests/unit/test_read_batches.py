@@ -1,9 +1,11 @@
-"""ReadBatcher: one batch in flight, later reads in the next; errors and cancellation."""
+"""ReadBatcher: one batch in flight, later reads in the next; stalls, errors and cancellation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 
@@ -45,6 +47,11 @@ class _Database:
         self.gates[index].set()
 
 
+def _batcher(database: _Database, **options: Any) -> ReadBatcher[str, int]:
+    """A batcher whose patience outlasts any test unless the test says otherwise."""
+    return ReadBatcher(database.read, **{"patience": 3600.0, **options})
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -52,7 +59,7 @@ async def _settle() -> None:
 
 async def test_an_idle_batcher_reads_at_once_and_alone() -> None:
     database = _Database({"a": 1})
-    batcher = ReadBatcher(database.read)
+    batcher = _batcher(database)
 
     read = asyncio.create_task(batcher.get("a"))
     await database.open(0)
@@ -66,7 +73,7 @@ async def test_an_idle_batcher_reads_at_once_and_alone() -> None:
 
 async def test_reads_asked_during_a_batch_share_the_next_one() -> None:
     database = _Database({"a": 1, "b": 2, "c": 3})
-    batcher = ReadBatcher(database.read)
+    batcher = _batcher(database)
 
     first = asyncio.create_task(batcher.get("a"))
     await _settle()
@@ -86,7 +93,7 @@ async def test_reads_asked_during_a_batch_share_the_next_one() -> None:
 
 async def test_a_batch_takes_at_most_its_share_and_the_rest_follow() -> None:
     database = _Database({key: index for index, key in enumerate("abcdef")})
-    batcher = ReadBatcher(database.read, most_per_batch=2)
+    batcher = _batcher(database, most_per_batch=2)
 
     first = asyncio.create_task(batcher.get("a"))
     await _settle()
@@ -102,7 +109,7 @@ async def test_a_batch_takes_at_most_its_share_and_the_rest_follow() -> None:
 async def test_a_failed_batch_fails_its_reads_only() -> None:
     database = _Database({"a": 1, "b": 2, "c": 3})
     database.failures[1] = ConnectionError("connection lost")
-    batcher = ReadBatcher(database.read, most_per_batch=2)
+    batcher = _batcher(database, most_per_batch=2)
 
     first = asyncio.create_task(batcher.get("a"))
     await _settle()
@@ -126,7 +133,7 @@ async def test_a_failed_batch_fails_its_reads_only() -> None:
 async def test_a_failed_lone_read_is_raised_and_the_waiting_are_still_served() -> None:
     database = _Database({"a": 1, "b": 2})
     database.failures[0] = ConnectionError("gone")
-    batcher = ReadBatcher(database.read)
+    batcher = _batcher(database)
 
     first = asyncio.create_task(batcher.get("a"))
     await _settle()
@@ -141,7 +148,7 @@ async def test_a_failed_lone_read_is_raised_and_the_waiting_are_still_served() -
 
 async def test_a_caller_that_goes_away_leaves_the_others_their_answers() -> None:
     database = _Database({"a": 1, "b": 2})
-    batcher = ReadBatcher(database.read)
+    batcher = _batcher(database)
 
     first = asyncio.create_task(batcher.get("a"))
     await _settle()
@@ -159,7 +166,7 @@ async def test_a_caller_that_goes_away_leaves_the_others_their_answers() -> None
 
 async def test_a_cancelled_lone_read_still_hands_over_to_the_waiting() -> None:
     database = _Database({"a": 1, "b": 2})
-    batcher = ReadBatcher(database.read)
+    batcher = _batcher(database)
 
     first = asyncio.create_task(batcher.get("a"))
     await _settle()
@@ -174,7 +181,7 @@ async def test_a_cancelled_lone_read_still_hands_over_to_the_waiting() -> None:
 
 async def test_a_cancelled_batch_cancels_its_waiting_reads_and_frees_the_batcher() -> None:
     database = _Database({"a": 1, "b": 2, "c": 3})
-    batcher = ReadBatcher(database.read, most_per_batch=1)
+    batcher = _batcher(database, most_per_batch=1)
 
     first = asyncio.create_task(batcher.get("a"))
     await _settle()
@@ -183,8 +190,7 @@ async def test_a_cancelled_batch_cancels_its_waiting_reads_and_frees_the_batcher
     await database.open(0)
     await first
     await database.started(1)
-    drain = batcher._drain_task
-    assert drain is not None
+    (drain,) = batcher._drains
     drain.cancel()
     await _settle()
 
@@ -193,3 +199,120 @@ async def test_a_cancelled_batch_cancels_its_waiting_reads_and_frees_the_batcher
     again = asyncio.create_task(batcher.get("c"))
     await database.open(2)
     assert await again == 3
+
+
+async def test_reads_waiting_behind_a_stalled_batch_get_a_batch_of_their_own() -> None:
+    database = _Database({"a": 1, "b": 2, "c": 3})
+    batcher = _batcher(database, patience=0.01)
+
+    stalled = asyncio.create_task(batcher.get("a"))
+    await database.started(0)
+    waiting = [asyncio.create_task(batcher.get(key)) for key in ("b", "c")]
+    # Past the patience a second batch takes the waiting reads.
+    await database.open(1)
+
+    assert [await task for task in waiting] == [2, 3]
+    assert database.batches == [["a"], ["b", "c"]]
+    assert not stalled.done()
+    await database.open(0)
+    assert await stalled == 1
+    assert batcher.idle
+
+
+async def test_no_more_batches_than_allowed_run_at_once() -> None:
+    database = _Database({key: index for index, key in enumerate("abcdefgh")})
+    batcher = _batcher(database, patience=0.005, most_in_flight=3)
+
+    reads = [asyncio.create_task(batcher.get("a"))]
+    await database.started(0)
+    for key in "bcdefgh":
+        reads.append(asyncio.create_task(batcher.get(key)))
+        await asyncio.sleep(0.02)
+    # Three batches stalled; every later read waits for one of them to end.
+    assert len(database.batches) == 3
+    for index in (1, 2, 0):
+        await database.open(index)
+    index = 3
+    while not all(read.done() for read in reads):
+        await database.open(index)
+        await _settle()
+        index += 1
+
+    assert [await read for read in reads] == list(range(8))
+    assert batcher.idle
+
+
+async def test_a_batch_stuck_past_its_time_limit_fails_its_reads() -> None:
+    database = _Database({"a": 1, "b": 2})
+    batcher = _batcher(database, time_limit=0.05)
+
+    stuck = asyncio.create_task(batcher.get("a"))
+    await database.started(0)
+    behind = asyncio.create_task(batcher.get("b"))
+
+    with pytest.raises(TimeoutError):
+        await stuck
+    with pytest.raises(TimeoutError):
+        await behind
+    assert batcher.idle
+    again = asyncio.create_task(batcher.get("b"))
+    await database.open(2)
+    assert await again == 2
+
+
+async def test_batches_for_waiting_callers_run_outside_any_callers_context() -> None:
+    request = contextvars.ContextVar("request", default="none")
+    seen: list[str] = []
+    database = _Database({"a": 1, "b": 2})
+    read = database.read
+
+    async def noting(keys: Sequence[str]) -> dict[str, int]:
+        seen.append(request.get())
+        return await read(keys)
+
+    database.read = noting  # type: ignore[method-assign]
+    batcher = _batcher(database)
+
+    async def as_request(name: str, key: str) -> int | None:
+        request.set(name)
+        return await batcher.get(key)
+
+    first = asyncio.create_task(as_request("first", "a"))
+    await database.started(0)
+    second = asyncio.create_task(as_request("second", "b"))
+    await _settle()
+    await database.open(0)
+    await database.open(1)
+
+    assert (await first, await second) == (1, 2)
+    # The lone read ran in its caller's task; the batch for the waiting one in neither's.
+    assert seen == ["first", "none"]
+
+
+def test_a_batcher_left_busy_by_a_finished_loop_serves_the_next_loop() -> None:
+    database_values = {"a": 1}
+
+    async def stuck_forever(keys: Sequence[str]) -> dict[str, int]:
+        await asyncio.Event().wait()
+        return {}
+
+    batcher: ReadBatcher[str, int] = ReadBatcher(stuck_forever, patience=3600.0)
+    abandoned: list[asyncio.Task[int | None]] = []
+
+    async def abandon() -> None:
+        # The loop ends with this read in flight: asyncio.run cancels it.
+        abandoned.append(asyncio.create_task(batcher.get("a")))
+        await asyncio.sleep(0.01)
+        assert not batcher.idle
+
+    asyncio.run(abandon())
+
+    async def instant(keys: Sequence[str]) -> dict[str, int]:
+        return {key: database_values[key] for key in keys if key in database_values}
+
+    batcher._read = instant
+
+    async def read_again() -> int | None:
+        return await asyncio.wait_for(batcher.get("a"), timeout=5)
+
+    assert asyncio.run(read_again()) == 1

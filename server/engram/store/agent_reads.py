@@ -18,6 +18,7 @@ exactly as a scoped session would run it; the reader only binds the values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,8 +109,8 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
     return _Compiled(str(compiled), positions, processors)
 
 
-# A read's key: the organization asking and the agent's id.
-_Key = tuple[str, str]
+# One agent's processed row: AGENT_COLUMNS, then the reader's extra columns.
+_Row = tuple[Any, ...]
 
 
 class AgentReader:
@@ -117,9 +118,10 @@ class AgentReader:
 
     Each row holds :data:`AGENT_COLUMNS` followed by ``extra`` columns, as the
     session read of :func:`agent_by_id` with the same ``extra`` returns it.
-    Concurrent reads are coalesced by :class:`~engram.store.read_batches.ReadBatcher`:
-    one batch in flight, each batch one trip to the database (on PostgreSQL
-    one statement per organization in the batch, ``id = ANY(:agent_ids)``; on
+    Concurrent reads of one organization are coalesced by a
+    :class:`~engram.store.read_batches.ReadBatcher` of its own, so that
+    organizations never wait for each other's batches; each batch is one trip
+    to the database (on PostgreSQL one statement, ``id = ANY(:agent_ids)``; on
     SQLite the one-agent statement once per agent, all on one trip to the
     connection's thread).  The statements are :func:`prescoped`: their text
     carries ``organization_id = :scope`` on the agent and on every linked
@@ -131,28 +133,30 @@ class AgentReader:
         self._postgres = connections.dialect.name == "postgresql"
         statement = agents_by_ids(extra) if self._postgres else agent_by_id(extra)
         self._compiled = _compile(statement, connections.dialect)
-        self._batches: ReadBatcher[_Key, tuple[Any, ...]] = ReadBatcher(self._read)
+        # The batchers of organizations with reads in flight; an idle one is dropped.
+        self._batchers: dict[str, ReadBatcher[str, _Row]] = {}
 
     async def fetch(self, organization_id: str, agent_id: str) -> tuple[Any, ...] | None:
         """The processed row of ``agent_id`` in ``organization_id``, or None.
 
-        Raises whatever the driver raised; the connection is then discarded
-        (callers retry through a session, whose checkout reconnects).
+        Raises whatever the driver raised (or :class:`TimeoutError` for a
+        read stuck past the batcher's limit); the connection is then
+        discarded (callers retry through a session, whose checkout reconnects).
         """
-        return await self._batches.get((organization_id, agent_id))
+        batcher = self._batchers.get(organization_id)
+        if batcher is None:
+            batcher = ReadBatcher(functools.partial(self._read, organization_id))
+            self._batchers[organization_id] = batcher
+        try:
+            return await batcher.get(agent_id)
+        finally:
+            if batcher.idle and self._batchers.get(organization_id) is batcher:
+                del self._batchers[organization_id]
 
-    async def _read(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[Any, ...]]:
-        by_organization: dict[str, list[str]] = {}
-        for organization_id, agent_id in keys:
-            by_organization.setdefault(organization_id, []).append(agent_id)
-        found: dict[_Key, tuple[Any, ...]] = {}
+    async def _read(self, organization_id: str, agent_ids: Sequence[str]) -> dict[str, _Row]:
         async with self._connections.connection() as connection:
-            for organization_id, agent_ids in by_organization.items():
-                for raw in await self._rows(connection, organization_id, agent_ids):
-                    found[(organization_id, raw[0])] = self._processed(raw)
-        return found
+            rows = await self._rows(connection, organization_id, list(agent_ids))
+        return {raw[0]: self._processed(raw) for raw in rows}
 
     async def _rows(
         self, connection: PoolProxiedConnection, organization_id: str, agent_ids: list[str]
@@ -164,16 +168,13 @@ class AgentReader:
             driver: Any = connection.driver_connection  # asyncpg.Connection
             return list(await driver.fetch(compiled.sql, *(values[name] for name in names)))
         parameters = [
-            [
-                {"agent_id": agent_id, SCOPE_PARAMETER: organization_id}[n]
-                for n in compiled.positions
-            ]
+            [{"agent_id": agent_id, SCOPE_PARAMETER: organization_id}[name] for name in names]
             for agent_id in agent_ids
         ]
         results = await run_each_on_thread(connection.dbapi_connection, compiled.sql, parameters)
         return [row for rows in results for row in rows]
 
-    def _processed(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+    def _processed(self, raw: Sequence[Any]) -> _Row:
         return tuple(
             value if process is None else process(value)
             for value, process in zip(raw, self._compiled.processors, strict=True)
