@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from engram.services.agents import _link_columns
 from engram.store.agent_reads import agent_by_id
 from engram.store.database import Database
+from engram.store.migrations import upgrade
 from engram.store.sqlite_planner import (
     ROWS_PER_ORGANIZATION,
+    UNSELECTIVE_COLUMNS,
     ensure_planner_statistics,
     organization_index_statistics,
 )
@@ -22,7 +27,7 @@ def _plan(connection: Connection, sql: str, parameters: tuple[Any, ...]) -> list
 
 
 def _keyed_lookups(connection: Connection) -> list[tuple[str, str]]:
-    """(table, column) for each scoped table's column that leads an index of its own."""
+    """(table, column) for each scoped table's key column that leads an index of its own."""
     lookups = []
     for (table,) in connection.exec_driver_sql(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
@@ -32,7 +37,7 @@ def _keyed_lookups(connection: Connection) -> list[tuple[str, str]]:
             continue
         for index in connection.exec_driver_sql(f'PRAGMA index_list("{table}")').all():
             first = connection.exec_driver_sql(f'PRAGMA index_info("{index[1]}")').first()
-            if first is not None and first[2] != "organization_id":
+            if first is not None and first[2] not in UNSELECTIVE_COLUMNS:
                 lookups.append((table, first[2]))
     return sorted(set(lookups))
 
@@ -73,6 +78,56 @@ async def test_an_organization_wide_listing_still_uses_its_index(database: Datab
     async with database.engine.connect() as connection:
         plan = await connection.run_sync(_plan, sql, ("org",))
     assert any("USING INDEX" in step and "organization_id=?" in step for step in plan), plan
+
+
+async def test_a_listing_filtered_by_status_keeps_to_the_organization(database: Database) -> None:
+    if not database.choice.is_sqlite:
+        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
+    sql = (
+        "SELECT id FROM runs WHERE organization_id = ? AND status IN ('running', 'completed') "
+        "ORDER BY created_at DESC, id DESC LIMIT 50"
+    )
+    async with database.engine.connect() as connection:
+        plan = await connection.run_sync(_plan, sql, ("org",))
+    assert any("ix_runs_organization_id" in step for step in plan), plan
+
+
+async def test_a_unique_index_ends_on_one_row(database: Database) -> None:
+    if not database.choice.is_sqlite:
+        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
+    async with database.engine.connect() as connection:
+        wanted = await connection.run_sync(organization_index_statistics)
+    unique = [stat for (table, index), stat in wanted.items() if index.startswith("sqlite_auto")]
+    assert unique, wanted
+    assert all(stat.split()[-1] == "1" for stat in unique)
+    assert wanted[("agent_tags", "ix_agent_tags_organization_id")] == "1000000 100000"
+
+
+async def test_a_read_only_database_starts_without_them(
+    database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not database.choice.is_sqlite:
+        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
+    path = tmp_path / "engram.db"
+    writable = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        await upgrade(writable)
+        async with writable.begin() as connection:
+            await connection.exec_driver_sql("DELETE FROM sqlite_stat1")
+    finally:
+        await writable.dispose()
+    read_only = create_async_engine(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        with caplog.at_level(logging.WARNING, logger="engram.store.sqlite_planner"):
+            assert await ensure_planner_statistics(read_only) is False
+    finally:
+        await read_only.dispose()
+    assert "read-only" in caplog.text
+    writable = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        assert await ensure_planner_statistics(writable) is True
+    finally:
+        await writable.dispose()
 
 
 async def test_statistics_are_written_once_and_follow_new_indexes(database: Database) -> None:

@@ -316,3 +316,45 @@ def test_a_batcher_left_busy_by_a_finished_loop_serves_the_next_loop() -> None:
         return await asyncio.wait_for(batcher.get("a"), timeout=5)
 
     assert asyncio.run(read_again()) == 1
+
+
+async def test_a_read_waiting_behind_full_capacity_is_served_when_a_batch_ends() -> None:
+    database = _Database({"a": 1, "b": 2, "c": 3})
+    batcher = _batcher(database, most_in_flight=2, patience=0.01)
+
+    lone = asyncio.create_task(batcher.get("a"))
+    await database.started(0)
+    frozen = asyncio.create_task(batcher.get("b"))
+    await database.started(1)  # the second batch, after the patience: capacity is full
+    late = asyncio.create_task(batcher.get("c"))
+    await asyncio.sleep(0.03)
+    assert len(database.batches) == 2
+    await database.open(0)
+    # The lone read's end frees a place; the frozen batch never ends here.
+    await asyncio.wait_for(database.open(2), timeout=2)
+
+    assert await lone == 1
+    assert await late == 3
+    assert not frozen.done()
+    await database.open(1)
+    assert await frozen == 2
+
+
+async def test_idleness_is_reported_even_when_every_waiter_went_away() -> None:
+    database = _Database({"a": 1, "b": 2})
+    idle: list[bool] = []
+    batcher = _batcher(database, on_idle=lambda: idle.append(batcher.idle))
+
+    lone = asyncio.create_task(batcher.get("a"))
+    await database.started(0)
+    gone = asyncio.create_task(batcher.get("b"))
+    await _settle()
+    gone.cancel()
+    await database.open(0)
+    await _settle()
+
+    assert await lone == 1
+    # The lone read ended with a waiter left (not idle yet); the drain found
+    # nobody to read for and ended idle.
+    assert idle == [True]
+    assert batcher.idle

@@ -145,13 +145,16 @@ class AgentReader:
         """
         batcher = self._batchers.get(organization_id)
         if batcher is None:
-            batcher = ReadBatcher(functools.partial(self._read, organization_id))
+            batcher = ReadBatcher(
+                functools.partial(self._read, organization_id),
+                on_idle=functools.partial(self._forget, organization_id),
+            )
             self._batchers[organization_id] = batcher
-        try:
-            return await batcher.get(agent_id)
-        finally:
-            if batcher.idle and self._batchers.get(organization_id) is batcher:
-                del self._batchers[organization_id]
+        return await batcher.get(agent_id)
+
+    def _forget(self, organization_id: str) -> None:
+        """Drop an idle organization's batcher: the next read makes a new one."""
+        self._batchers.pop(organization_id, None)
 
     async def _read(self, organization_id: str, agent_ids: Sequence[str]) -> dict[str, _Row]:
         async with self._connections.connection() as connection:

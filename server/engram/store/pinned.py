@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -173,7 +174,16 @@ async def _checked_out(engine: AsyncEngine) -> AsyncIterator[PoolProxiedConnecti
 
 
 async def discard(connection: PoolProxiedConnection) -> None:
-    """Close ``connection`` for good (its state is unknown), whatever else fails."""
+    """Close ``connection`` for good (its state is unknown), whatever else fails.
+
+    An asyncpg connection is terminated first: invalidating it alone tries a
+    polite close that waits up to two seconds on a peer that may be gone
+    (a read given up as stuck would keep its callers waiting that long).
+    """
+    terminate = getattr(connection.driver_connection, "terminate", None)
+    if callable(terminate) and not inspect.iscoroutinefunction(terminate):
+        with contextlib.suppress(Exception):
+            terminate()
     with contextlib.suppress(Exception):
         await greenlet_spawn(connection.invalidate)
     with contextlib.suppress(Exception):

@@ -54,8 +54,9 @@ class ReadBatcher(Generic[KeyT, ValueT]):
 
     ``read`` returns the value of each key it found; a key it leaves out
     reads as None.  An exception from ``read`` is raised to every caller
-    whose key was in that batch.  A batcher serves one event loop at a time:
-    used from a new loop it forgets the old loop's batches.
+    whose key was in that batch.  ``on_idle`` is called whenever the last
+    batch in flight ends with nobody waiting.  A batcher serves one event
+    loop at a time: used from a new loop it forgets the old loop's batches.
     """
 
     def __init__(
@@ -66,8 +67,10 @@ class ReadBatcher(Generic[KeyT, ValueT]):
         most_in_flight: int = MOST_IN_FLIGHT,
         patience: float = PATIENCE_SECONDS,
         time_limit: float = TIME_LIMIT_SECONDS,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._read = read
+        self._on_idle = on_idle
         self._most_per_batch = most_per_batch
         self._most_in_flight = max(1, most_in_flight)
         self._patience = patience
@@ -105,13 +108,24 @@ class ReadBatcher(Generic[KeyT, ValueT]):
             finally:
                 self._in_flight -= 1
                 self._started.pop(batch_id, None)
-                if self._waiting and self._in_flight == 0:
-                    self._start_drain(loop)
+                self._batch_ended(loop)
             return found.get(key)
         waiter: asyncio.Future[ValueT | None] = loop.create_future()
         self._waiting.setdefault(key, []).append(waiter)
         self._watch(loop)
         return await waiter
+
+    def _batch_ended(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a caller's own read: hand the waiting reads on, or report idleness."""
+        if not self._waiting:
+            if self._in_flight == 0 and self._on_idle is not None:
+                self._on_idle()
+        elif self._in_flight == 0:
+            self._start_drain(loop)
+        else:
+            # The batches in flight will take them, unless they are the slow
+            # ones: the patience rule applies as for any waiting read.
+            self._watch(loop)
 
     async def _timed_read(self, keys: Sequence[KeyT]) -> Mapping[KeyT, ValueT]:
         async with asyncio.timeout(self._time_limit):
@@ -144,13 +158,16 @@ class ReadBatcher(Generic[KeyT, ValueT]):
         if self._in_flight >= self._most_in_flight:
             return
         self._in_flight += 1
-        drain = loop.create_task(self._drain(), context=contextvars.Context())
+        # Counted as started now, so that the patience rule does not start
+        # another drain before this one has had its first turn.
+        batch_id = object()
+        self._started[batch_id] = loop.time()
+        drain = loop.create_task(self._drain(batch_id), context=contextvars.Context())
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)
 
-    async def _drain(self) -> None:
+    async def _drain(self, batch_id: object) -> None:
         batch: dict[KeyT, list[asyncio.Future[ValueT | None]]] = {}
-        batch_id = object()
         try:
             while self._waiting:
                 batch = self._take_batch()
@@ -184,6 +201,8 @@ class ReadBatcher(Generic[KeyT, ValueT]):
                     for waiter in waiters:
                         waiter.cancel()
                 self._waiting = {}
+                if self._on_idle is not None:
+                    self._on_idle()
 
     def _take_batch(self) -> dict[KeyT, list[asyncio.Future[ValueT | None]]]:
         """The oldest waiting keys whose callers still wait, taken out of the queue."""

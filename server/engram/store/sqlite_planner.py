@@ -1,4 +1,4 @@
-"""Statistics that tell SQLite's query planner how little an organization narrows a search.
+"""Statistics that tell SQLite's query planner how little an organization (or a status) narrows.
 
 Every organization-scoped table has an index on ``organization_id`` (the
 cascade from a deleted organization and organization-wide listings use it),
@@ -16,47 +16,60 @@ once; instead each index that starts with ``organization_id`` gets a fixed
 ``sqlite_stat1`` row saying an organization holds a tenth of a large table.
 Indexes without a row keep SQLite's default guess, so any other key is
 preferred, while a statement with nothing but the organization to go on
-still uses its index rather than scanning the table.  The rows are written
-after every migration (new indexes get theirs) and checked at startup.
+still uses its index rather than scanning the table.  ``status`` (a handful
+of values) gets the same treatment, or the runs index it leads would win
+over the organization's for a listing filtered by status.  The rows are
+written by ``engram db upgrade`` and checked at every start (written only if
+they differ; a read-only database file is left as it is, with a warning).
 """
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engram.store.sqlite import WRITE_OPTION
 
-# What the statistics claim: a large table, a tenth of it per organization,
-# and each further indexed column narrowing tenfold (down to one row).
+# What the statistics claim: a large table, a share of it per value of an
+# unselective leading column, and each further indexed column narrowing
+# tenfold (down to one row, and exactly one for a unique index).
 TABLE_ROWS = 1_000_000
 ROWS_PER_ORGANIZATION = 100_000
+UNSELECTIVE_COLUMNS = {"organization_id": ROWS_PER_ORGANIZATION, "status": TABLE_ROWS // 4}
+
+logger = logging.getLogger(__name__)
 
 
 def organization_index_statistics(connection: Connection) -> dict[tuple[str, str], str]:
-    """The ``sqlite_stat1`` row each index led by ``organization_id`` should have."""
+    """The ``sqlite_stat1`` row each index led by an unselective column should have."""
     wanted: dict[tuple[str, str], str] = {}
     tables = connection.exec_driver_sql(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
     ).scalars()
     for table in list(tables):
         for index in connection.exec_driver_sql(f'PRAGMA index_list("{table}")').all():
-            index_name = index[1]
+            index_name, unique = index[1], bool(index[2])
             columns = [
                 row[2]
                 for row in sorted(
                     connection.exec_driver_sql(f'PRAGMA index_info("{index_name}")').all()
                 )
             ]
-            if columns and columns[0] == "organization_id":
-                wanted[(table, index_name)] = _statistic(len(columns))
+            if columns and columns[0] in UNSELECTIVE_COLUMNS:
+                rows = UNSELECTIVE_COLUMNS[columns[0]]
+                wanted[(table, index_name)] = _statistic(rows, len(columns), unique)
     return wanted
 
 
-def _statistic(column_count: int) -> str:
-    rows = [TABLE_ROWS, ROWS_PER_ORGANIZATION]
+def _statistic(rows_per_value: int, column_count: int, unique: bool) -> str:
+    rows = [TABLE_ROWS, rows_per_value]
     for _ in range(column_count - 1):
         rows.append(max(1, rows[-1] // 10))
+    if unique and column_count > 1:
+        rows[-1] = 1
     return " ".join(str(count) for count in rows)
 
 
@@ -72,11 +85,16 @@ def _current_statistics(connection: Connection) -> dict[tuple[str, str], str]:
     return {(row[0], row[1]): row[2] for row in rows}
 
 
-def write_planner_statistics(connection: Connection) -> bool:
-    """Write the rows that differ from :func:`organization_index_statistics`; True if any did."""
+def statistics_to_write(connection: Connection) -> dict[tuple[str, str], str]:
+    """The rows of :func:`organization_index_statistics` that are missing or differ."""
     wanted = organization_index_statistics(connection)
     current = _current_statistics(connection)
-    changed = {key: stat for key, stat in wanted.items() if current.get(key) != stat}
+    return {key: stat for key, stat in wanted.items() if current.get(key) != stat}
+
+
+def write_planner_statistics(connection: Connection) -> bool:
+    """Write the rows :func:`statistics_to_write` names; True if there were any."""
+    changed = statistics_to_write(connection)
     if not changed:
         return False
     # Creates sqlite_stat1 when missing (the schema table has no index to measure).
@@ -100,8 +118,22 @@ async def ensure_planner_statistics(engine: AsyncEngine) -> bool:
     """
     if engine.dialect.name != "sqlite":
         return False
-    async with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
-        changed = await connection.run_sync(write_planner_statistics)
+    # Looked at first in a plain read: most starts have nothing to write and
+    # need not queue for the write lock (nor fail on a read-only file).
+    async with engine.connect() as connection:
+        if not await connection.run_sync(statistics_to_write):
+            return False
+    try:
+        async with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
+            changed = await connection.run_sync(write_planner_statistics)
+    except OperationalError as error:
+        if "readonly" not in str(error).replace("-", "").replace(" ", ""):
+            raise
+        logger.warning(
+            "the SQLite database is read-only: its query planner statistics stay as they are "
+            "(lookups by key may search a whole organization); start once with write access"
+        )
+        return False
     if changed:
         await engine.dispose()
     return changed
