@@ -17,6 +17,10 @@ import numpy.typing as npt
 Vectors = npt.NDArray[np.float32]
 """Embeddings of a batch: one row per text, in the order the texts were given."""
 
+DEFAULT_BATCH_SIZE = 256
+"""Texts per request to a remote provider.  OpenAI accepts up to 2048, but smaller requests
+retry cheaper and local servers (Ollama, vLLM) handle them with less memory."""
+
 _T = TypeVar("_T")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import openai
 
-from engram.adapters.embeddings.embedder import Vectors, batches, no_vectors
+from engram.adapters.embeddings.embedder import DEFAULT_BATCH_SIZE, Vectors, batches, no_vectors
 from engram.adapters.llm.errors import InvalidProviderResponseError, ProviderRejectedRequestError
 from engram.adapters.llm.openai_chat import translate_error
 
@@ -28,10 +28,6 @@ NATIVE_DIMENSIONS = {
     "text-embedding-ada-002": 1536,
 }
 _FIXED_SIZE_MODELS = frozenset({"text-embedding-ada-002"})
-
-DEFAULT_BATCH_SIZE = 256
-"""Texts per request.  OpenAI accepts up to 2048, but smaller requests retry cheaper
-and local servers (Ollama, vLLM) handle them with less memory."""
 
 
 class OpenAIEmbedder:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import openai
-
-from engram.adapters.embeddings.embedder import Embedder
+from engram.adapters.embeddings.embedder import DEFAULT_BATCH_SIZE, Embedder
 from engram.adapters.embeddings.local import LOCAL_MODELS, LOCAL_PROVIDER, LocalEmbedder
-from engram.adapters.embeddings.openai_embeddings import DEFAULT_BATCH_SIZE, OpenAIEmbedder
 from engram.adapters.llm.errors import ProviderRejectedRequestError
 from engram.adapters.llm.registry import (
     KNOWN_PROVIDERS,
@@ -25,6 +23,11 @@ from engram.adapters.llm.registry import (
     ProviderNotConfiguredError,
 )
 from engram.config.settings import Settings
+
+if TYPE_CHECKING:
+    # Imported where a client is made instead: the SDK costs about 1 s of CPU to import,
+    # which a process with no OpenAI-style provider configured need not pay at startup.
+    import openai
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ def client_for(
     kind: ProviderKind, env: Mapping[str, str], options: EmbeddingOptions
 ) -> openai.AsyncOpenAI:
     """An SDK client for an OpenAI-style provider configured in ``env``."""
+    import openai
+
     key = env.get(kind.key_variable, "") if kind.key_variable else ""
     # Azure's v1 API takes the key in its own header (as the chat adapter sends it).
     headers = {"api-key": key} if kind.name == "azure" and key else None
@@ -128,6 +133,8 @@ class EmbeddingRegistry:
                 f"(available: {', '.join(self.names)}); set the provider's API key or "
                 "base URL variable, or use a local model",
             )
+        from engram.adapters.embeddings.openai_embeddings import OpenAIEmbedder
+
         return OpenAIEmbedder(
             client, provider, model, dimensions=dimensions, batch_size=self.options.batch_size
         )

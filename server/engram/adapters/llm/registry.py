@@ -16,10 +16,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from engram.adapters.llm.anthropic_messages import AnthropicProvider, AnthropicSettings
 from engram.adapters.llm.chat import ChatRequest, ChatResult, StreamEvent
 from engram.adapters.llm.errors import ProviderError
-from engram.adapters.llm.openai_chat import OpenAIChatProvider, OpenAIChatSettings
 
 
 class LLMProvider(Protocol):
@@ -150,11 +148,23 @@ class ProviderConfig:
 
 
 def build_provider(config: ProviderConfig) -> LLMProvider:
-    """The adapter for ``config``; the client it holds is reused for every call."""
+    """The adapter for ``config``; the client it holds is reused for every call.
+
+    Each adapter's module is imported here, when a provider of its API is first built:
+    importing the ``anthropic`` SDK costs about 2 s of CPU and ``openai`` about 1 s, which
+    every ``engram`` process (and each ``--workers`` worker) would otherwise pay at
+    startup whether or not such a provider is configured.  Providers configured in the
+    environment are built at startup, so only the first provider an organization
+    configures with an API no other provider uses pays that import, once per process.
+    """
     kind, key = config.kind, config.api_key
     url = kind.endpoint(config.base_url)
     if kind.api == "anthropic":
+        from engram.adapters.llm.anthropic_messages import AnthropicProvider, AnthropicSettings
+
         return AnthropicProvider(AnthropicSettings(name=config.name, api_key=key, base_url=url))
+    from engram.adapters.llm.openai_chat import OpenAIChatProvider, OpenAIChatSettings
+
     headers = {"api-key": key} if kind.name == "azure" and key else {}
     return OpenAIChatProvider(
         OpenAIChatSettings(
