@@ -76,7 +76,9 @@ def postgres_server() -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = find_or_start_redis()
+    # pytest-xdist's workers (the variable names them: gw0, gw1...) must not share one
+    # (see support/redis.py).
+    server = find_or_start_redis(private="PYTEST_XDIST_WORKER" in os.environ)
     try:
         yield server
     finally:

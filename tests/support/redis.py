@@ -1,4 +1,9 @@
-"""A real Redis for the tests: the local one when it answers, else one we start."""
+"""A real Redis for the tests: the local one when it answers, else one we start.
+
+Parallel test workers (pytest-xdist) each start a private one instead: pub/sub
+channels are server-wide, whatever the database number, so a worker listening for
+run cancellations on a shared Redis would hear the other worker's.
+"""
 
 from __future__ import annotations
 
@@ -43,11 +48,17 @@ class RedisServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def find_or_start_redis() -> RedisServer:
-    if _answers(DEFAULT_HOST, DEFAULT_PORT):
+def find_or_start_redis(*, private: bool = False) -> RedisServer:
+    """The local Redis on 6379 if it answers, else a new one; always a new one if ``private``."""
+    if not private and _answers(DEFAULT_HOST, DEFAULT_PORT):
         return RedisServer(DEFAULT_HOST, DEFAULT_PORT)
     binary = shutil.which("redis-server")
     if binary is None:
+        if private:
+            raise RuntimeError(
+                "parallel test workers each need a Redis of their own and redis-server is not "
+                "installed: install it, or run the tests in one process (pytest -n 0)"
+            )
         raise RuntimeError("no Redis answers on 127.0.0.1:6379 and redis-server is not installed")
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="engram-redis-")
