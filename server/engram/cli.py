@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from engram.adapters.embeddings.registry import EmbeddingRegistry
     from engram.adapters.event_log.factory import open_event_log
-    from engram.adapters.llm.registry import ProviderRegistry
+    from engram.adapters.llm.registry import ProviderRegistry, import_provider_sdks
     from engram.config.settings import get_settings
     from engram.rpc.application import Application, Services
     from engram.rpc.server import serve
@@ -198,8 +198,12 @@ async def _serve(args: argparse.Namespace) -> int:
         await services.prepare()
         services.start()
         app.ready(services)
+        # The provider SDKs, imported off the event loop while the server
+        # already answers (held: the loop keeps only weak references to tasks).
+        sdk_import = asyncio.create_task(asyncio.to_thread(import_provider_sdks))
 
         async def release() -> None:
+            sdk_import.cancel()  # a shutdown does not wait for it
             telemetry.stop_watching_pool()
             await services.close()
             await providers.close()

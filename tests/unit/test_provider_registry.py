@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from engram.adapters.llm.anthropic_messages import AnthropicProvider
@@ -54,3 +57,16 @@ def test_unconfigured_or_malformed_handles_say_what_to_set(handle: str) -> None:
         registry.resolve(handle)
     assert "configured: openai" in str(refused.value)
     assert refused.value.reason == "PROVIDER_NOT_CONFIGURED"
+
+
+def test_the_sdks_are_imported_on_demand_and_by_the_warm_up() -> None:
+    """Importing the registry leaves the SDKs alone; the warm-up (a thread in serve) loads them."""
+    script = (
+        "import sys\n"
+        "from engram.adapters.llm import registry\n"
+        "assert 'anthropic' not in sys.modules and 'openai' not in sys.modules\n"
+        "registry.import_provider_sdks()\n"
+        "assert 'anthropic' in sys.modules and 'openai' in sys.modules\n"
+        "assert all(module in sys.modules for module in registry.SDK_ADAPTER_MODULES)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)

@@ -12,6 +12,7 @@ the same code.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -147,6 +148,25 @@ class ProviderConfig:
     base_url: str = ""  # as configured; "" means the kind's default
 
 
+# The modules build_provider and the embeddings registry import on first use.
+SDK_ADAPTER_MODULES = (
+    "engram.adapters.llm.anthropic_messages",
+    "engram.adapters.llm.openai_chat",
+    "engram.adapters.embeddings.openai_embeddings",
+)
+
+
+def import_provider_sdks() -> None:
+    """Import every SDK-backed adapter: seconds of CPU, meant for a worker thread.
+
+    The server runs it in a thread once it is serving, so that a provider an
+    organization configures later does not stall the event loop importing
+    its SDK (see :func:`build_provider`).
+    """
+    for module in SDK_ADAPTER_MODULES:
+        importlib.import_module(module)
+
+
 def build_provider(config: ProviderConfig) -> LLMProvider:
     """The adapter for ``config``; the client it holds is reused for every call.
 
@@ -155,7 +175,9 @@ def build_provider(config: ProviderConfig) -> LLMProvider:
     every ``engram`` process (and each ``--workers`` worker) would otherwise pay at
     startup whether or not such a provider is configured.  Providers configured in the
     environment are built at startup, so only the first provider an organization
-    configures with an API no other provider uses pays that import, once per process.
+    configures with an API no other provider uses could pay that import, once per
+    process, on the event loop; ``engram serve`` imports them in a worker thread as
+    soon as it is serving (:func:`import_provider_sdks`) so that in practice none does.
     """
     kind, key = config.kind, config.api_key
     url = kind.endpoint(config.base_url)
