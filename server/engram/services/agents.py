@@ -43,7 +43,7 @@ from engram.store.agent_reads import (
     record_of,
 )
 from engram.store.errors import NotFoundError
-from engram.store.json_aggregates import as_json, decode_list, json_list
+from engram.store.json_aggregates import as_string_list, decode_list, string_list
 from engram.store.models import Agent, AgentBlock, AgentTag, AgentTool, Block, Tool
 from engram.store.types import utc_now
 
@@ -176,29 +176,29 @@ def _apply(agent: Agent, values: Mapping[str, Any]) -> None:
 
 @functools.cache
 def _link_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
-    """Each agent's tag values, block ids (by label) and tool ids (by tool name), as JSON lists.
+    """Each agent's tag values, block ids (by label) and tool ids (by tool name), as lists.
 
     Correlated subqueries, so that an agent or a whole page of agents is read
     with everything attached to it in a single statement.
     """
     tags = (
-        select(json_list(dialect, AgentTag.tag, AgentTag.tag))
+        select(string_list(dialect, AgentTag.tag, AgentTag.tag))
         .where(AgentTag.agent_id == Agent.id)
         .scalar_subquery()
     )
     blocks = (
-        select(json_list(dialect, AgentBlock.block_id, AgentBlock.block_label))
+        select(string_list(dialect, AgentBlock.block_id, AgentBlock.block_label))
         .where(AgentBlock.agent_id == Agent.id)
         .scalar_subquery()
     )
     tools = (
-        select(json_list(dialect, AgentTool.tool_id, Tool.name))
+        select(string_list(dialect, AgentTool.tool_id, Tool.name))
         .select_from(AgentTool)
         .join(Tool, Tool.id == AgentTool.tool_id)
         .where(AgentTool.agent_id == Agent.id)
         .scalar_subquery()
     )
-    return as_json(tags), as_json(blocks), as_json(tools)
+    return tuple(as_string_list(dialect, column) for column in (tags, blocks, tools))
 
 
 def with_links(query: Select[Any], dialect: str) -> Select[Any]:
