@@ -22,6 +22,14 @@ from engram.store.sqlite_planner import (
 )
 
 
+@pytest.fixture
+def sqlite_database(database: Database) -> Database:
+    """The test database, when it is SQLite (the statistics are SQLite's alone)."""
+    if not database.choice.is_sqlite:
+        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
+    return database
+
+
 def _plan(connection: Connection, sql: str, parameters: tuple[Any, ...]) -> list[str]:
     return [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters)]
 
@@ -57,13 +65,11 @@ async def test_a_keyed_lookup_never_searches_the_organization_index(database: Da
             assert not any("organization_id=?)" in step for step in plan), (table, column, plan)
 
 
-async def test_get_agent_reads_only_the_agents_links(database: Database) -> None:
-    if not database.choice.is_sqlite:
-        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
+async def test_get_agent_reads_only_the_agents_links(sqlite_database: Database) -> None:
     statement = agent_by_id(_link_columns("sqlite"))
-    compiled = statement.compile(dialect=database.engine.dialect)
+    compiled = statement.compile(dialect=sqlite_database.engine.dialect)
     parameters = tuple("org" if name != "agent_id" else "agent" for name in compiled.positiontup)
-    async with database.engine.connect() as connection:
+    async with sqlite_database.engine.connect() as connection:
         plan = await connection.run_sync(_plan, str(compiled), parameters)
     searches = [step for step in plan if step.startswith("SEARCH")]
     for table in ("agent_tags", "agent_blocks", "agent_tools"):
@@ -71,31 +77,27 @@ async def test_get_agent_reads_only_the_agents_links(database: Database) -> None
         assert "(agent_id=?" in step, plan
 
 
-async def test_an_organization_wide_listing_still_uses_its_index(database: Database) -> None:
-    if not database.choice.is_sqlite:
-        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
+async def test_an_organization_wide_listing_still_uses_its_index(sqlite_database: Database) -> None:
     sql = "SELECT id FROM agents WHERE organization_id = ? ORDER BY created_at, id"
-    async with database.engine.connect() as connection:
+    async with sqlite_database.engine.connect() as connection:
         plan = await connection.run_sync(_plan, sql, ("org",))
     assert any("USING INDEX" in step and "organization_id=?" in step for step in plan), plan
 
 
-async def test_a_listing_filtered_by_status_keeps_to_the_organization(database: Database) -> None:
-    if not database.choice.is_sqlite:
-        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
+async def test_a_listing_filtered_by_status_keeps_to_the_organization(
+    sqlite_database: Database,
+) -> None:
     sql = (
         "SELECT id FROM runs WHERE organization_id = ? AND status IN ('running', 'completed') "
         "ORDER BY created_at DESC, id DESC LIMIT 50"
     )
-    async with database.engine.connect() as connection:
+    async with sqlite_database.engine.connect() as connection:
         plan = await connection.run_sync(_plan, sql, ("org",))
     assert any("ix_runs_organization_id" in step for step in plan), plan
 
 
-async def test_a_unique_index_ends_on_one_row(database: Database) -> None:
-    if not database.choice.is_sqlite:
-        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
-    async with database.engine.connect() as connection:
+async def test_a_unique_index_ends_on_one_row(sqlite_database: Database) -> None:
+    async with sqlite_database.engine.connect() as connection:
         wanted = await connection.run_sync(organization_index_statistics)
     unique = [stat for (table, index), stat in wanted.items() if index.startswith("sqlite_auto")]
     assert unique, wanted
@@ -104,10 +106,8 @@ async def test_a_unique_index_ends_on_one_row(database: Database) -> None:
 
 
 async def test_a_read_only_database_starts_without_them(
-    database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    sqlite_database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if not database.choice.is_sqlite:
-        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
     path = tmp_path / "engram.db"
     writable = create_async_engine(f"sqlite+aiosqlite:///{path}")
     try:
@@ -130,19 +130,19 @@ async def test_a_read_only_database_starts_without_them(
         await writable.dispose()
 
 
-async def test_statistics_are_written_once_and_follow_new_indexes(database: Database) -> None:
-    if not database.choice.is_sqlite:
-        pytest.skip("the statistics are SQLite's; PostgreSQL plans from its own")
+async def test_statistics_are_written_once_and_follow_new_indexes(
+    sqlite_database: Database,
+) -> None:
     # The migrated database already has them.
-    assert await ensure_planner_statistics(database.engine) is False
-    async with database.engine.begin() as connection:
+    assert await ensure_planner_statistics(sqlite_database.engine) is False
+    async with sqlite_database.engine.begin() as connection:
         await connection.exec_driver_sql(
             "CREATE INDEX ix_agents_organization_id_model ON agents (organization_id, model)"
         )
 
-    assert await ensure_planner_statistics(database.engine) is True
-    assert await ensure_planner_statistics(database.engine) is False
-    async with database.engine.connect() as connection:
+    assert await ensure_planner_statistics(sqlite_database.engine) is True
+    assert await ensure_planner_statistics(sqlite_database.engine) is False
+    async with sqlite_database.engine.connect() as connection:
         stat = (
             await connection.exec_driver_sql(
                 "SELECT stat FROM sqlite_stat1 WHERE idx = 'ix_agents_organization_id_model'"

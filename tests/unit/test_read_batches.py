@@ -52,6 +52,13 @@ def _batcher(database: _Database, **options: Any) -> ReadBatcher[str, int]:
     return ReadBatcher(database.read, **{"patience": 3600.0, **options})
 
 
+async def _lone_read(batcher: ReadBatcher[str, int], key: str) -> asyncio.Task[int | None]:
+    """A read started on an idle batcher, which runs alone and stays in flight."""
+    read = asyncio.create_task(batcher.get(key))
+    await _settle()
+    return read
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -75,8 +82,7 @@ async def test_reads_asked_during_a_batch_share_the_next_one() -> None:
     database = _Database({"a": 1, "b": 2, "c": 3})
     batcher = _batcher(database)
 
-    first = asyncio.create_task(batcher.get("a"))
-    await _settle()
+    first = await _lone_read(batcher, "a")
     later = [asyncio.create_task(batcher.get(key)) for key in ("b", "c", "b", "a")]
     await _settle()
     # The batch in flight never answers a read asked after it started.
@@ -95,8 +101,7 @@ async def test_a_batch_takes_at_most_its_share_and_the_rest_follow() -> None:
     database = _Database({key: index for index, key in enumerate("abcdef")})
     batcher = _batcher(database, most_per_batch=2)
 
-    first = asyncio.create_task(batcher.get("a"))
-    await _settle()
+    first = await _lone_read(batcher, "a")
     later = [asyncio.create_task(batcher.get(key)) for key in "bcdef"]
     for index in range(4):
         await database.open(index)
@@ -111,8 +116,7 @@ async def test_a_failed_batch_fails_its_reads_only() -> None:
     database.failures[1] = ConnectionError("connection lost")
     batcher = _batcher(database, most_per_batch=2)
 
-    first = asyncio.create_task(batcher.get("a"))
-    await _settle()
+    first = await _lone_read(batcher, "a")
     failing = [asyncio.create_task(batcher.get(key)) for key in ("b", "c")]
     surviving = asyncio.create_task(batcher.get("a"))
     for index in range(3):
@@ -135,8 +139,7 @@ async def test_a_failed_lone_read_is_raised_and_the_waiting_are_still_served() -
     database.failures[0] = ConnectionError("gone")
     batcher = _batcher(database)
 
-    first = asyncio.create_task(batcher.get("a"))
-    await _settle()
+    first = await _lone_read(batcher, "a")
     waiting = asyncio.create_task(batcher.get("b"))
     await database.open(0)
     await database.open(1)
@@ -150,8 +153,7 @@ async def test_a_caller_that_goes_away_leaves_the_others_their_answers() -> None
     database = _Database({"a": 1, "b": 2})
     batcher = _batcher(database)
 
-    first = asyncio.create_task(batcher.get("a"))
-    await _settle()
+    first = await _lone_read(batcher, "a")
     leaving = asyncio.create_task(batcher.get("b"))
     staying = asyncio.create_task(batcher.get("b"))
     await _settle()
@@ -168,8 +170,7 @@ async def test_a_cancelled_lone_read_still_hands_over_to_the_waiting() -> None:
     database = _Database({"a": 1, "b": 2})
     batcher = _batcher(database)
 
-    first = asyncio.create_task(batcher.get("a"))
-    await _settle()
+    first = await _lone_read(batcher, "a")
     waiting = asyncio.create_task(batcher.get("b"))
     await _settle()
     first.cancel()
@@ -183,8 +184,7 @@ async def test_a_cancelled_batch_cancels_its_waiting_reads_and_frees_the_batcher
     database = _Database({"a": 1, "b": 2, "c": 3})
     batcher = _batcher(database, most_per_batch=1)
 
-    first = asyncio.create_task(batcher.get("a"))
-    await _settle()
+    first = await _lone_read(batcher, "a")
     in_batch = asyncio.create_task(batcher.get("b"))
     queued = asyncio.create_task(batcher.get("c"))
     await database.open(0)
