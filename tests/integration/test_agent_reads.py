@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from engram.services.admin import AdminService, ensure_default_identity
 from engram.services.agents import AgentService, NewAgent, _link_columns
@@ -15,6 +16,7 @@ from engram.store import pool
 from engram.store.agent_reads import AgentReader
 from engram.store.database import Database
 from engram.store.errors import NotFoundError
+from engram.store.models import Agent
 
 
 @pytest.fixture
@@ -170,3 +172,50 @@ def test_only_recently_used_open_connections_skip_the_pre_ping(
     record = _Record(info, closed)
     pool._skip_ping_if_recent(record)  # type: ignore[arg-type]
     assert record.fresh is skips_ping
+
+
+async def test_an_unchanged_agent_comes_back_as_the_same_row_and_view(
+    agents: tuple[AgentService, Caller, Caller],
+) -> None:
+    service, ours, _ = agents
+    agent_id = await _new_agent(service, ours)
+    first_row = await service._reader().fetch(ours.organization_id, agent_id)
+    assert await service._reader().fetch(ours.organization_id, agent_id) is first_row
+    first_view = await service.get(ours, agent_id)
+    assert await service.get(ours, agent_id) is first_view
+
+    await service.update(ours, agent_id, {"description": "changed"}, "")
+    changed = await service.get(ours, agent_id)
+    assert changed is not first_view
+    assert changed.agent.description == "changed"
+    assert changed.agent.version == first_view.agent.version + 1
+    assert await service.get(ours, agent_id) is changed
+
+
+async def test_a_document_changed_without_a_new_version_is_read_anew(
+    agents: tuple[AgentService, Caller, Caller], database: Database
+) -> None:
+    """The reuse compares the stored text: 1 and true decode to equal values but differ."""
+    service, ours, _ = agents
+    agent_id = await _new_agent(service, ours)
+    await _set_metadata_behind_the_orm(database, ours, agent_id, {"flag": 1})
+    before = await service.get(ours, agent_id)
+    assert before.agent.metadata_ == {"flag": 1}
+    await _set_metadata_behind_the_orm(database, ours, agent_id, {"flag": True})
+    after = await service.get(ours, agent_id)
+    assert after.agent.metadata_["flag"] is True
+    assert after.agent.version == before.agent.version
+    assert after.agent.updated_at == before.agent.updated_at
+
+
+async def _set_metadata_behind_the_orm(
+    database: Database, caller: Caller, agent_id: str, metadata: dict[str, Any]
+) -> None:
+    """Change only the document: same version, same update time (as no Engram write would)."""
+    async with database.transaction(caller.organization_id) as session:
+        await session.execute(
+            update(Agent)
+            .where(Agent.id == agent_id)
+            .values(metadata_=metadata, updated_at=Agent.updated_at)
+            .execution_options(synchronize_session=False)
+        )

@@ -23,6 +23,7 @@ from engram.services.agents import AgentFilters, AgentService, AgentView, NewAge
 from engram.services.common import etag_of
 from engram.services.errors import InvalidArgumentError
 from engram.store.ids import IdPrefix
+from engram.store.renderings import LastRenderings
 from engram.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, tool_rule_pb2
 
 AGENT_TYPE_TO_DOMAIN = {
@@ -111,6 +112,11 @@ def _filters(request: Any) -> AgentFilters:
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     def __init__(self, app: Application) -> None:
         self.app = app
+        # GetAgent's message for each agent's last view, reused while the service
+        # returns that view (an unchanged agent); grpc only serializes it.
+        self._messages: LastRenderings[str, AgentView, agent_pb2.Agent] = LastRenderings(
+            agent_to_proto
+        )
 
     @property
     def service(self) -> AgentService:
@@ -144,9 +150,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def GetAgent(
         self, request: agent_service_pb2.GetAgentRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.Agent:
-        return agent_to_proto(
-            await self.service.get(current_caller(), agent_id_of(request.name, "name"))
-        )
+        agent_id = agent_id_of(request.name, "name")
+        return self._messages.get(agent_id, await self.service.get(current_caller(), agent_id))
 
     async def ListAgents(
         self, request: agent_service_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext

@@ -45,6 +45,7 @@ from engram.store.agent_reads import (
 from engram.store.errors import NotFoundError
 from engram.store.json_aggregates import as_string_list, decode_list, string_list
 from engram.store.models import Agent, AgentBlock, AgentTag, AgentTool, Block, Tool
+from engram.store.renderings import LastRenderings
 from engram.store.types import utc_now
 
 AGENT_TYPES = ("native", "heartbeat")
@@ -84,9 +85,13 @@ DEFAULT_SYSTEM_PROMPTS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class AgentView:
-    """An agent with its tags and the ids of its blocks and tools."""
+    """An agent with its tags and the ids of its blocks and tools.
+
+    Views are shared between calls (:meth:`AgentService.get` reuses the view
+    of an unchanged row), so nobody changes one.
+    """
 
     agent: AgentRecord
     tags: list[str] = field(default_factory=list)
@@ -255,6 +260,8 @@ class AgentService:
     def __init__(self, database: Any) -> None:
         self.database = database
         self._agent_reader: AgentReader | None = None
+        # The view of each agent's last row, reused while the reader returns that row.
+        self._views: LastRenderings[str, Sequence[Any], AgentView] = LastRenderings(view_of)
 
     # --- agents ---------------------------------------------------------------
 
@@ -313,7 +320,7 @@ class AgentService:
             row = await self._get_in_session(caller, agent_id)
         if row is None:
             raise NotFoundError("agent", agent_id)
-        return view_of(row)
+        return self._views.get(agent_id, row)
 
     def _reader(self) -> AgentReader:
         if self._agent_reader is None:

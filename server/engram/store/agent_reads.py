@@ -19,12 +19,14 @@ exactly as a scoped session would run it; the reader only binds the values.
 from __future__ import annotations
 
 import functools
+import json
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, any_, bindparam, select
+from sqlalchemy import ColumnElement, Label, Select, String, Text, any_, bindparam, cast, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.pool import PoolProxiedConnection
@@ -32,6 +34,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from engram.store.models import Agent
 from engram.store.pinned import PinnedConnections
 from engram.store.read_batches import ReadBatcher
+from engram.store.renderings import LastRenderings
 from engram.store.scoping import SCOPE_PARAMETER, prescoped
 from engram.store.sqlite import run_each_on_thread
 
@@ -76,6 +79,14 @@ class AgentRecord:
     version: int
 
 
+# The JSON documents among AGENT_COLUMNS.  PostgreSQL's batched read selects
+# them as text and the reader decodes them itself, as it does SQLite's: the
+# driver would otherwise decode every document of every row it returns, and
+# comparing the text tells an unchanged row exactly (``{"a": 1}`` and
+# ``{"a": true}`` decode to equal dicts).
+DOCUMENTS_AS_TEXT = frozenset(("model_settings", "tool_rules", "metadata_"))
+
+
 def record_of(values: Sequence[Any]) -> AgentRecord:
     """The record of the first ``len(AGENT_COLUMNS)`` values of a row, already typed."""
     return AgentRecord(*values[: len(AGENT_COLUMNS)])
@@ -103,7 +114,9 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
     compiled = statement.compile(dialect=dialect)
     positions = tuple(compiled.positiontup or ())
     processors = tuple(
-        column.type._cached_result_processor(dialect, None)  # the type's own conversion
+        json.loads
+        if isinstance(column, Label) and column.name in DOCUMENTS_AS_TEXT
+        else column.type._cached_result_processor(dialect, None)  # the type's own conversion
         for column in statement.selected_columns
     )
     return _Compiled(str(compiled), positions, processors)
@@ -125,7 +138,10 @@ class AgentReader:
     SQLite the one-agent statement once per agent, all on one trip to the
     connection's thread).  The statements are :func:`prescoped`: their text
     carries ``organization_id = :scope`` on the agent and on every linked
-    table, exactly as a scoped session would run them.
+    table, exactly as a scoped session would run them.  An agent whose stored
+    values are what they were at its last read comes back as the very same
+    row object, so that callers can reuse what they made of it
+    (:mod:`engram.store.renderings`).
     """
 
     def __init__(self, extra: Sequence[ColumnElement[Any]], connections: PinnedConnections) -> None:
@@ -135,6 +151,11 @@ class AgentReader:
         self._compiled = _compile(statement, connections.dialect)
         # The batchers of organizations with reads in flight; an idle one is dropped.
         self._batchers: dict[str, ReadBatcher[str, _Row]] = {}
+        # The processed row of each agent read lately, by id, reused while the
+        # driver's values are equal (see engram.store.renderings).
+        self._processed_rows: LastRenderings[str, tuple[Any, ...], _Row] = LastRenderings(
+            self._processed, same=operator.eq
+        )
 
     async def fetch(self, organization_id: str, agent_id: str) -> tuple[Any, ...] | None:
         """The processed row of ``agent_id`` in ``organization_id``, or None.
@@ -159,7 +180,8 @@ class AgentReader:
     async def _read(self, organization_id: str, agent_ids: Sequence[str]) -> dict[str, _Row]:
         async with self._connections.connection() as connection:
             rows = await self._rows(connection, organization_id, list(agent_ids))
-        return {raw[0]: self._processed(raw) for raw in rows}
+        processed = self._processed_rows.get
+        return {raw[0]: processed(raw[0], tuple(raw)) for raw in rows}
 
     async def _rows(
         self, connection: PoolProxiedConnection, organization_id: str, agent_ids: list[str]
@@ -190,6 +212,14 @@ def agent_by_id(extra: Sequence[ColumnElement[Any]]) -> Select[Any]:
 
 
 def agents_by_ids(extra: Sequence[ColumnElement[Any]]) -> Select[Any]:
-    """The scoped statement reading the agents among ``:agent_ids`` (PostgreSQL's ``ANY``)."""
+    """The scoped statement reading the agents among ``:agent_ids`` (PostgreSQL's ``ANY``).
+
+    Its JSON documents come back as their text, which the reader decodes
+    (:data:`DOCUMENTS_AS_TEXT`).
+    """
     wanted = any_(bindparam("agent_ids", type_=postgresql.ARRAY(String)))
-    return prescoped(select(*agent_columns(), *extra).where(Agent.id == wanted))
+    columns = [
+        cast(column, Text).label(column.key) if column.key in DOCUMENTS_AS_TEXT else column
+        for column in agent_columns()
+    ]
+    return prescoped(select(*columns, *extra).where(Agent.id == wanted))

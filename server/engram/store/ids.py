@@ -7,6 +7,7 @@ of the wrong kind before touching the database.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import uuid
 
@@ -41,4 +42,10 @@ def new_id(prefix: IdPrefix) -> str:
 
 def is_valid_id(value: str, prefix: IdPrefix) -> bool:
     """Whether ``value`` is a well-formed id of kind ``prefix``."""
-    return re.fullmatch(rf"{re.escape(prefix.value)}-{_UUID4}", value) is not None
+    return _id_pattern(prefix).fullmatch(value) is not None
+
+
+@functools.cache
+def _id_pattern(prefix: IdPrefix) -> re.Pattern[str]:
+    # Compiled once per kind: every call that names a resource checks its id.
+    return re.compile(rf"{re.escape(prefix.value)}-{_UUID4}")

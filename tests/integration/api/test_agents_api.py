@@ -1037,6 +1037,8 @@ async def test_update_agent_with_explicit_mask_changes_only_those_fields(api: Ap
         api.org_a,
         agent_pb2.Agent(display_name="before", description="old", tags=["keep"]),
     )
+    # Read first, so that GetAgent has a message of the old agent it could reuse.
+    assert await get_agent(api.org_a, agent.name) == agent
 
     updated = await api.org_a.agents.UpdateAgent(
         agent_service_pb2.UpdateAgentRequest(
