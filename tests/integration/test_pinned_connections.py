@@ -206,3 +206,22 @@ def test_nothing_is_pinned_without_a_pool() -> None:
     """NullPool keeps no connection between uses, and neither may the pinned set."""
     engine = create_async_engine("sqlite+aiosqlite:///:memory:", poolclass=NullPool)
     assert PinnedConnections.for_engine(engine).size == 0
+
+
+async def test_pinned_postgresql_connections_use_generic_plans_and_keep_them_to_themselves(
+    database: Database,
+) -> None:
+    if database.choice.is_sqlite:
+        pytest.skip("plan_cache_mode is PostgreSQL's")
+    pinned = PinnedConnections(database.engine, 1, None)
+    async with pinned.connection() as connection:
+        driver = connection.driver_connection
+        assert await driver.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    await pinned.close()
+    # Every connection the pool can hand out now, the released one's place included.
+    pool = database.engine.sync_engine.pool
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(pool.checkedin() + 1):  # type: ignore[attr-defined]
+            session_connection = await stack.enter_async_context(database.engine.connect())
+            mode = await session_connection.exec_driver_sql("SHOW plan_cache_mode")
+            assert mode.scalar() == "auto"
