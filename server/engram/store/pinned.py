@@ -164,7 +164,8 @@ class PinnedConnections:
         if self.dialect.name == "postgresql":
             # It carries GENERIC_PLANS: the pool gets its place back, and
             # opens a new connection for it rather than handing this one on.
-            await greenlet_spawn(connection.invalidate)
+            await discard(connection)
+            return
         await greenlet_spawn(connection.close)
 
 
